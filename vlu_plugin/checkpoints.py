@@ -1,0 +1,126 @@
+"""Released checkpoints → state dicts of this package's networks, and safe loading.
+
+`convert_official(arch_name, checkpoint)` takes what `torch.load` returns for an authors' release
+(VLU-Net's and PromptIR's Lightning `.ckpt`, VLU-Net's `clip_tuned.pth`, AirNet's `All.pth`) and
+returns a state dict that this package's network loads with `strict=True`. Each release's key layout
+is described once, as data: the prefix that holds the network, the keys it has but never uses, and
+the renames to this package's module names.
+"""
+import os
+import re
+
+import torch
+
+# Restormer keeps LayerNorm's weight in a `body` child; ours holds it directly.
+_RESTORMER_RENAMES = ((r'(norm\d)\.body\.', r'\1.'), )
+
+_LAYOUTS = {
+    'VLUNet': {
+        'prefix': 'net.',
+        'unused': (r'^down1_2_i\.', ),  # created by the release, never called in its forward
+        'renames': _RESTORMER_RENAMES + (
+            (r'^(patch_embed|down2_3|down3_4|up4_3|up3_2|up2_1)_i\.', r'\1_y.'),
+            (r'^(reduce_chan_level[23])_img\.', r'\1_y.'),
+            (r'\.gradient_descent\.phit\.', '.gradient_descent.phi_t.'),
+            (r'\.gradient_descent\.r$', '.gradient_descent.step_size'),
+            (r'\.gradient_descent\.linear\.', '.gradient_descent.prompt_weights.'),
+            (r'\.gradient_descent\.prompt_param$', '.gradient_descent.prompt_bank'),
+            (r'\.denoiser\.blocks\.', '.proximal.'),
+        ),
+        # the release stores each prompt bank as (1, de_dim, C, S, S)
+        'reshape': {r'\.prompt_bank$': lambda t: t.squeeze(0) if t.dim() == 5 else t},
+    },
+    'PromptIR': {
+        'prefix': 'net.',
+        'unused': (r'^chnl_reduce[123]\.', r'^reduce_noise_channel_[123]\.'),
+        'renames': _RESTORMER_RENAMES,
+    },
+    'AirNet': {
+        'prefix': '',
+        'unused': (),
+        'renames': (),
+    },
+    'DegradationCLIP': {
+        # clip_tuned.pth holds {'learnable_params': ...}; the VLU-Net Lightning checkpoint holds the
+        # same adapters under 'model_degradation.' next to the frozen CLIP, which is not ours to keep.
+        'prefix': '',
+        'keep': r'^(model_degradation\.)?ad_(image|text)Encoder\.adapter\.',
+        'renames': ((r'^(model_degradation\.)?ad_imageEncoder\.adapter\.', 'image_adapter.'),
+                    (r'^(model_degradation\.)?ad_textEncoder\.adapter\.', 'text_adapter.')),
+    },
+}
+
+
+def _network_state_dict(checkpoint):
+    """The state dict inside a checkpoint: Lightning's `state_dict`, BasicSR's `params`, or the dict itself."""
+    if not isinstance(checkpoint, dict):
+        raise TypeError(f'expected a checkpoint dict, got {type(checkpoint).__name__}')
+    for key in ('state_dict', 'learnable_params', 'params_ema', 'params'):
+        if isinstance(checkpoint.get(key), dict):
+            return checkpoint[key]
+    return checkpoint
+
+
+def convert_official(arch_name, checkpoint):
+    """Map a released checkpoint (as `torch.load` returns it) onto this package's `arch_name` network."""
+    if arch_name not in _LAYOUTS:
+        raise KeyError(f'no official layout known for {arch_name!r}; known: {sorted(_LAYOUTS)}')
+    layout = _LAYOUTS[arch_name]
+    state = _network_state_dict(checkpoint)
+    prefix = layout['prefix']
+    if prefix and any(k.startswith(prefix) for k in state):
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    state = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state.items()}
+    if 'keep' in layout:
+        state = {k: v for k, v in state.items() if re.search(layout['keep'], k)}
+    converted = {}
+    for key, value in state.items():
+        if any(re.search(pattern, key) for pattern in layout.get('unused', ())):
+            continue
+        for pattern, replacement in layout['renames']:
+            key = re.sub(pattern, replacement, key)
+        for pattern, reshape in layout.get('reshape', {}).items():
+            if re.search(pattern, key):
+                value = reshape(value)
+        converted[key] = value
+    if not converted:
+        raise ValueError(f'the checkpoint holds no {arch_name} weights (keys start with: '
+                         f'{sorted({k.split(".")[0] for k in state})[:8]})')
+    return converted
+
+
+def load_checkpoint(path, trust=False, map_location='cpu'):
+    """Load a `.pth`/`.ckpt`/`.safetensors` file without running pickled code unless `trust` is set."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    if path.endswith('.safetensors'):
+        from safetensors.torch import load_file
+        return load_file(path, device=str(map_location))
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError (wrapped) for disallowed globals
+        if not trust:
+            raise RuntimeError(
+                f'{path}: refusing to load: the file needs pickled Python objects beyond tensors '
+                f'({type(error).__name__}: {str(error).splitlines()[0]}). Loading it could run code. '
+                'If you trust its source, pass --trust (or trust=True).') from error
+        return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def save_checkpoint(obj, path):
+    """Write a checkpoint atomically (temporary file, then rename); `.safetensors` takes a flat state dict."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f'{path}.tmp{os.getpid()}'
+    try:
+        if path.endswith('.safetensors'):
+            from safetensors.torch import save_file
+            save_file({k: v.contiguous() for k, v in obj.items()}, tmp)
+        else:
+            torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

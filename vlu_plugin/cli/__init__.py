@@ -1,0 +1,38 @@
+"""The `vlu` command: its subcommands come from the modules of this package.
+
+Each module defines `add_parser(subparsers)`, returning the name (or names) it registered, and either
+`run(args)` or, for commands that hand their flags to BasicSR untouched, `run_argv(name, argv)`.
+"""
+import argparse
+import importlib
+import pkgutil
+import sys
+
+
+def _subcommand_modules():
+    """Import the subcommand modules of this package, in name order."""
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if not info.name.startswith('_'):
+            yield importlib.import_module(f'{__name__}.{info.name}')
+
+
+def main(argv=None):
+    """Entry point of the `vlu` console script."""
+    import vlu_plugin  # noqa: F401  (shims and registration before BasicSR is used)
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog='vlu', description='VLU-Net and all-in-one baselines on BasicSR.')
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
+    modules = {}
+    for module in _subcommand_modules():
+        names = module.add_parser(sub)
+        for name in [names] if isinstance(names, str) else names:
+            modules[name] = module
+    if argv and hasattr(modules.get(argv[0]), 'run_argv'):
+        return modules[argv[0]].run_argv(argv[0], argv[1:])
+    args = parser.parse_args(argv)
+    return modules[args.command].run(args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

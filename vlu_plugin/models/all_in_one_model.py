@@ -1,0 +1,193 @@
+"""AllInOneModel: BasicSR's SRModel with what every all-in-one experiment needs.
+
+- the network may take extra inputs (VLU-Net's degradation vector): subclasses return them from
+  `condition(lq)`, and training, validation and tiled testing all go through `restore()`;
+- validation per degradation set: images saved under the set's name (sets that share file names never
+  overwrite each other), metrics on float RGB for the paper's definitions, the degradation
+  classifier's accuracy where the data carries labels, and machine-readable `metrics.csv` /
+  `degradation_predictions.csv` next to the log;
+- `val.crop_to_multiple: 16` reproduces the papers' protocol of centre-cropping lq and gt;
+  `val.tile: {size, overlap}` bounds memory on large images.
+PromptIR trains with this model as it is (plain L1).
+"""
+import csv
+import math
+import os
+import os.path as osp
+from collections import OrderedDict
+
+import torch
+from basicsr.metrics import calculate_metric
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger, imwrite, tensor2img
+from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY
+
+from vlu_plugin.tiling import tiled_forward
+
+
+def center_crop_to_multiple(img, base):
+    """Centre-crop a (B, C, H, W) tensor to multiples of `base`, as the papers' test code does."""
+    h, w = img.shape[-2:]
+    dh, dw = h % base, w % base
+    return img[..., dh // 2:h - dh + dh // 2, dw // 2:w - dw + dw // 2]
+
+
+def append_csv(path, header, rows):
+    """Append rows to a CSV file, writing the header when the file is new."""
+    new = not osp.exists(path)
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    with open(path, 'a', newline='') as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(header)
+        writer.writerows(rows)
+
+
+@MODEL_REGISTRY.register()
+class AllInOneModel(SRModel):
+    """SRModel plus conditioned restoration, per-degradation validation, paper metrics and tiling."""
+
+    ACCURACY_METRIC = 'degradation_acc'
+
+    # ---- restoration -------------------------------------------------------------------------------
+    def condition(self, lq):
+        """Extra network inputs after the image (none here; VLU-Net adds its degradation vector)."""
+        return ()
+
+    def restore(self, net, lq, tile=None):
+        """Run `net` on `lq` with this model's conditioning, in tiles when `tile` = {size, overlap} is given."""
+        extra = self.condition(lq)
+        if not tile:
+            return net(lq, *extra)
+        return tiled_forward(lambda patch: net(patch, *extra), lq, tile['size'], tile.get('overlap', 32))
+
+    def degradation_probabilities(self, lq):
+        """Per-degradation probabilities (B, n) from the model's classifier, or None if it has none."""
+        return None
+
+    def feed_data(self, data):
+        super().feed_data(data)
+        self.deg_label = data['deg_label'].to(self.device) if 'deg_label' in data else None
+        self.batch_paths = data.get('lq_path')  # named in errors about this batch
+
+    def compute_losses(self):
+        """The training losses of `self.output` against `self.gt`, as an ordered dict of tensors."""
+        losses = OrderedDict()
+        if self.cri_pix:
+            losses['l_pix'] = self.cri_pix(self.output, self.gt)
+        if self.cri_perceptual:
+            l_percep, l_style = self.cri_perceptual(self.output, self.gt)
+            if l_percep is not None:
+                losses['l_percep'] = l_percep
+            if l_style is not None:
+                losses['l_style'] = l_style
+        return losses
+
+    def check_finite(self, loss, current_iter):
+        """Stop with the iteration and the batch's files when the loss is NaN or inf."""
+        if not torch.isfinite(loss):
+            paths = self.batch_paths
+            raise FloatingPointError(f'non-finite loss {loss.item()} at iteration {current_iter}; batch: {paths}. '
+                                     'The last checkpoint saved before this iteration is intact.')
+
+    def optimize_parameters(self, current_iter):
+        self.optimizer_g.zero_grad()
+        self.output = self.restore(self.net_g, self.lq)
+        losses = self.compute_losses()
+        total = sum(losses.values())
+        self.check_finite(total, current_iter)
+        total.backward()
+        self.optimizer_g.step()
+        self.log_dict = self.reduce_loss_dict(losses)
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
+    def test(self):
+        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            self.output = self.restore(net, self.lq, self.opt.get('val', {}).get('tile'))
+        net.train(was_training)
+
+    # ---- validation ----------------------------------------------------------------------------------
+    def _initialize_best_metric_results(self, dataset_name):
+        super()._initialize_best_metric_results(dataset_name)
+        self.best_metric_results[dataset_name].setdefault(self.ACCURACY_METRIC,
+                                                          dict(better='higher', val=float('-inf'), iter=-1))
+
+    def _records_dir(self):
+        return self.opt['path']['experiments_root' if self.opt['is_train'] else 'results_root']
+
+    def _save_image(self, img, dataset_name, img_name, current_iter):
+        if self.opt['is_train']:
+            tag = current_iter
+        else:
+            tag = self.opt['val'].get('suffix') or self.opt['name']
+        imwrite(img, osp.join(self.opt['path']['visualization'], dataset_name, f'{img_name}_{tag}.png'))
+
+    def _metric_values(self, output, gt):
+        """Every `val.metrics` entry for one image: float RGB for `takes_float` metrics, uint8 BGR otherwise."""
+        values = {}
+        uint8_data = {'img': tensor2img([output]), 'img2': tensor2img([gt])}
+        float_data = {'img': output[0].clamp(0, 1).permute(1, 2, 0).double().numpy(),
+                      'img2': gt[0].clamp(0, 1).permute(1, 2, 0).double().numpy()}
+        for name, metric_opt in self.opt['val']['metrics'].items():
+            fn = METRIC_REGISTRY.get(metric_opt['type'])
+            data = float_data if getattr(fn, 'takes_float', False) else uint8_data
+            values[name] = calculate_metric(data, metric_opt)
+        return values
+
+    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        dataset_name = dataloader.dataset.opt['name']
+        val_opt = self.opt['val']
+        with_metrics = val_opt.get('metrics') is not None
+        crop = val_opt.get('crop_to_multiple')
+        sums, count, correct, labelled, predictions = {}, 0, 0, 0, []
+        for val_data in dataloader:
+            img_name = osp.splitext(osp.basename(val_data['lq_path'][0]))[0]
+            self.feed_data(val_data)
+            if crop:
+                self.lq = center_crop_to_multiple(self.lq, crop)
+                if hasattr(self, 'gt'):
+                    self.gt = center_crop_to_multiple(self.gt, crop)
+            self.test()
+            output = self.output.detach().cpu()
+            if save_img:
+                self._save_image(tensor2img([output]), dataset_name, img_name, current_iter)
+            if with_metrics and hasattr(self, 'gt'):
+                for name, value in self._metric_values(output, self.gt.detach().cpu()).items():
+                    sums[name] = sums.get(name, 0.0) + value
+            if self.deg_label is not None:
+                with torch.no_grad():
+                    probs = self.degradation_probabilities(self.lq)
+                if probs is not None:
+                    predicted = int(probs.argmax(dim=1)[0])
+                    label = int(self.deg_label[0])
+                    correct += int(predicted == label)
+                    labelled += 1
+                    predictions.append((current_iter, dataset_name, img_name, label, predicted))
+            count += 1
+            for attr in ('lq', 'gt', 'output'):
+                if hasattr(self, attr):
+                    delattr(self, attr)
+        if count == 0:
+            raise ValueError(f'validation set {dataset_name!r} is empty')
+
+        self.metric_results = {name: total / count for name, total in sums.items()}
+        if labelled:
+            self.metric_results[self.ACCURACY_METRIC] = correct / labelled
+        if not self.metric_results:
+            return
+        self._initialize_best_metric_results(dataset_name)
+        for name, value in self.metric_results.items():
+            self._update_best_metric_result(dataset_name, name, value, current_iter)
+        self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+        records = self._records_dir()
+        append_csv(osp.join(records, 'metrics.csv'), ('iter', 'dataset', 'metric', 'value'),
+                   [(current_iter, dataset_name, k, f'{v:.6f}') for k, v in self.metric_results.items()
+                    if not math.isnan(v)])
+        if predictions:
+            append_csv(osp.join(records, 'degradation_predictions.csv'),
+                       ('iter', 'dataset', 'image', 'label', 'predicted'), predictions)
+        get_root_logger().debug(f'validation records written to {records}')

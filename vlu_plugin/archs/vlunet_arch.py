@@ -106,6 +106,8 @@ class VLUNet(nn.Module):
         super().__init__()
         if len(num_blocks) != 4 or len(heads) != 4:
             raise ValueError(f'num_blocks and heads need 4 entries (one per level), got {num_blocks} and {heads}')
+        if dim < 10:
+            raise ValueError(f'dim must be at least 10: the prompts have (dim // 10) · stage channels; got dim={dim}')
         self.clip_dim = clip_dim
 
         def stage(level_dim, index, blocks, n_heads):

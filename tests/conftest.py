@@ -1,0 +1,53 @@
+"""Shared test helpers: tiny generated images and running `vlu` in a subprocess.
+
+BasicSR's logger is a per-process singleton, so whole pipelines run in subprocesses.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import vlu_plugin  # noqa: F401  (shims before anything imports basicsr)
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')  # nothing may download
+
+
+def write_images(folder, count, size=(48, 40), seed=0, prefix='img'):
+    """Write `count` smooth random RGB PNGs of `size` (h, w) into `folder`; returns their paths."""
+    import cv2
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        small = rng.integers(0, 256, (size[0] // 8 + 1, size[1] // 8 + 1, 3)).astype(np.uint8)
+        img = cv2.resize(small, (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
+        path = os.path.join(folder, f'{prefix}{i:03d}.png')
+        cv2.imwrite(path, img)
+        paths.append(path)
+    return paths
+
+
+def run_vlu(args, cwd, timeout=240, check=True):
+    """Run `python -m vlu_plugin.cli <args>` in `cwd`; returns the CompletedProcess (stdout+stderr merged)."""
+    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='2')
+    proc = subprocess.run([sys.executable, '-m', 'vlu_plugin.cli', *args], cwd=cwd, env=env, timeout=timeout,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f'vlu {" ".join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}')
+    return proc
+
+
+@pytest.fixture
+def image_pairs(tmp_path):
+    """A handful of gt/lq PNG pairs (lq = gt plus noise) in tmp_path/{gt,lq}."""
+    import cv2
+    gt_paths = write_images(tmp_path / 'gt', 4)
+    rng = np.random.default_rng(1)
+    os.makedirs(tmp_path / 'lq', exist_ok=True)
+    for path in gt_paths:
+        img = cv2.imread(path).astype(np.float64)
+        noisy = np.clip(img + rng.normal(0, 15, img.shape), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(tmp_path / 'lq' / os.path.basename(path)), noisy)
+    return tmp_path

@@ -1,8 +1,13 @@
 """The few shims BasicSR 1.4.2 needs on current torch / torchvision / numpy, in one place.
 
 `install_import_shims()` must run before anything imports `basicsr`; `vlu_plugin/__init__.py` calls it
-first thing. `patch_basicsr()` runs after BasicSR is imported and fixes what 1.4.2 gets wrong on a
-machine without a GPU (resume, optimizers). Each patch is applied once and only where it is needed.
+first thing. `patch_basicsr()` runs after BasicSR is imported and fixes what 1.4.2 gets wrong:
+- resume on a machine without a GPU (1.4.2 calls `torch.cuda.current_device()`);
+- optimizers other than Adam (the release trains with AdamW);
+- distributed training without CUDA (gloo instead of nccl, DDP without device ids);
+- checkpoints and training states written atomically, and loaded with `weights_only=True`;
+- option files may share blocks: `datasets: !include ../_shared/5task_datasets.yml`.
+Each patch is applied once.
 """
 import importlib
 import sys
@@ -38,8 +43,7 @@ def load_resume_state(opt):
     import os.path as osp
 
     import torch
-    from basicsr.utils import scandir
-    from basicsr.utils.options import check_resume
+    from basicsr.utils import check_resume, scandir
 
     resume_state_path = None
     if opt['auto_resume']:
@@ -65,14 +69,107 @@ def load_resume_state(opt):
     return resume_state
 
 
+def init_dist_pytorch(backend='nccl', **kwargs):
+    """torchrun's process group: nccl on GPUs as BasicSR does, gloo when CUDA is absent."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ['RANK']) % torch.cuda.device_count())
+    else:
+        backend = 'gloo'
+    dist.init_process_group(backend=backend, **kwargs)
+
+
+def model_to_device(self, net):
+    """Move `net` to the model's device; wrap it in DDP (device ids only on CUDA) or DataParallel."""
+    import torch
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+    net = net.to(self.device)
+    if self.opt['dist']:
+        device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
+        return DistributedDataParallel(net, device_ids=device_ids,
+                                       find_unused_parameters=self.opt.get('find_unused_parameters', False))
+    if self.opt['num_gpu'] > 1:
+        return DataParallel(net)
+    return net
+
+
+class _TorchWithSafeIO:
+    """`torch` as BasicSR's BaseModel sees it, except that `save` is atomic and `load` never unpickles code.
+
+    A kill during `torch.save` would leave a truncated `net_g_<iter>.pth` or `<iter>.state` that
+    `--auto_resume` then picks; writing a temporary file and renaming it makes each save all-or-nothing.
+    """
+
+    def __getattr__(self, name):
+        import torch
+        return getattr(torch, name)
+
+    @staticmethod
+    def save(obj, path, *args, **kwargs):
+        """Write `obj` to `path` through a temporary file and a rename."""
+        from vlu_plugin.checkpoints import save_checkpoint
+        save_checkpoint(obj, path)
+
+    @staticmethod
+    def load(f, *args, **kwargs):
+        """torch.load with weights_only=True."""
+        import torch
+        kwargs['weights_only'] = True
+        return torch.load(f, *args, **kwargs)
+
+
+def _include(loader, node):
+    """`!include path`: the YAML file at `path`, relative to the including file."""
+    import os.path as osp
+
+    import yaml
+    relative = loader.construct_scalar(node)
+    including = getattr(loader, 'name', '')
+    path = osp.join(osp.dirname(including), relative) if osp.isfile(including) else relative
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'{including}: !include {relative}: no such file ({path})')
+    with open(path) as f:
+        return yaml.load(f, Loader=type(loader))
+
+
+def ordered_yaml():
+    """BasicSR's (Loader, Dumper) pair, with an `!include` tag so option files can share blocks."""
+    from collections import OrderedDict
+
+    import yaml
+
+    class OptionLoader(yaml.Loader):
+        """PyYAML's full loader with ordered mappings (as BasicSR's) and `!include`."""
+
+    OptionLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                 lambda loader, node: OrderedDict(loader.construct_pairs(node)))
+    OptionLoader.add_constructor('!include', _include)
+    return OptionLoader, _ORIGINAL_ORDERED_YAML()[1]
+
+
+_ORIGINAL_ORDERED_YAML = None
+
+
 def patch_basicsr():
-    """Fix BasicSR 1.4.2's CPU resume and optimizer choice; idempotent."""
+    """Apply the fixes above to BasicSR 1.4.2; idempotent."""
     global _PATCHED
     if _PATCHED:
         return
+    import basicsr.models.base_model as base_model
     import basicsr.train
-    from basicsr.models.base_model import BaseModel
+    import basicsr.utils.dist_util as dist_util
+    import basicsr.utils.options as options
+
+    global _ORIGINAL_ORDERED_YAML
+    _ORIGINAL_ORDERED_YAML = options.ordered_yaml
+    options.ordered_yaml = ordered_yaml
 
     basicsr.train.load_resume_state = load_resume_state
-    BaseModel.get_optimizer = get_optimizer
+    dist_util._init_dist_pytorch = init_dist_pytorch
+    base_model.BaseModel.get_optimizer = get_optimizer
+    base_model.BaseModel.model_to_device = model_to_device
+    base_model.torch = _TorchWithSafeIO()
     _PATCHED = True

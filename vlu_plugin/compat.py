@@ -6,6 +6,7 @@ first thing. `patch_basicsr()` runs after BasicSR is imported and fixes what 1.4
 - optimizers other than Adam (the release trains with AdamW);
 - distributed training without CUDA (gloo instead of nccl, DDP without device ids);
 - checkpoints and training states written atomically, and loaded with `weights_only=True`;
+- exact resume (RNG states, skipping consumed batches; see `exact_resume`);
 - option files may share blocks: `datasets: !include ../_shared/5task_datasets.yml`.
 Each patch is applied once.
 """
@@ -66,6 +67,8 @@ def load_resume_state(opt):
         location = 'cpu'
     resume_state = torch.load(resume_state_path, map_location=location, weights_only=True)
     check_resume(opt, resume_state['iter'])
+    from vlu_plugin import exact_resume
+    exact_resume.remember_position(resume_state)
     return resume_state
 
 
@@ -163,6 +166,8 @@ def patch_basicsr():
     import basicsr.utils.dist_util as dist_util
     import basicsr.utils.options as options
 
+    from vlu_plugin import exact_resume
+
     global _ORIGINAL_ORDERED_YAML
     _ORIGINAL_ORDERED_YAML = options.ordered_yaml
     options.ordered_yaml = ordered_yaml
@@ -172,4 +177,5 @@ def patch_basicsr():
     base_model.BaseModel.get_optimizer = get_optimizer
     base_model.BaseModel.model_to_device = model_to_device
     base_model.torch = _TorchWithSafeIO()
+    exact_resume.install()
     _PATCHED = True

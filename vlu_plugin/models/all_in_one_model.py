@@ -119,11 +119,9 @@ class AllInOneModel(SRModel):
     def _records_dir(self):
         return self.opt['path']['experiments_root' if self.opt['is_train'] else 'results_root']
 
-    def _save_image(self, img, dataset_name, img_name, current_iter):
-        if self.opt['is_train']:
-            tag = current_iter
-        else:
-            tag = self.opt['val'].get('suffix') or self.opt['name']
+    def _save_image(self, img, dataset_name, img_name, current_iter, tag=None):
+        if tag is None:
+            tag = current_iter if self.opt['is_train'] else (self.opt['val'].get('suffix') or self.opt['name'])
         imwrite(img, osp.join(self.opt['path']['visualization'], dataset_name, f'{img_name}_{tag}.png'))
 
     def _metric_values(self, output, gt):
@@ -155,6 +153,10 @@ class AllInOneModel(SRModel):
             output = self.output.detach().cpu()
             if save_img:
                 self._save_image(tensor2img([output]), dataset_name, img_name, current_iter)
+                if not self.opt['is_train']:  # inputs next to outputs, for side-by-side reports
+                    self._save_image(tensor2img([self.lq.detach().cpu()]), dataset_name, img_name, None, 'lq')
+                    if hasattr(self, 'gt'):
+                        self._save_image(tensor2img([self.gt.detach().cpu()]), dataset_name, img_name, None, 'gt')
             if with_metrics and hasattr(self, 'gt'):
                 for name, value in self._metric_values(output, self.gt.detach().cpu()).items():
                     sums[name] = sums.get(name, 0.0) + value

@@ -1,0 +1,175 @@
+"""Side-by-side reports of this plugin's BasicSR experiment and result folders.
+
+Each folder is an experiment (`experiments/<name>`, with a training log) or a result (`results/<name>`);
+both hold the option file BasicSR copied there and the `metrics.csv` / `degradation_predictions.csv`
+that the plugin's models write during validation. The report is a per-set PSNR/SSIM table (average
+last, best per column marked), `results.csv`, `comparison.png`, `curves.png` and `clip_confusion.png`.
+"""
+import csv
+import glob
+import math
+import os
+import os.path as osp
+import re
+from collections import OrderedDict, defaultdict
+
+import numpy as np
+import yaml
+
+
+def _atomic_write_text(path, text):
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'w') as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _options(folder):
+    """The option file BasicSR copied into `folder` (the newest .yml), as a dict; {} when there is none."""
+    ymls = sorted(glob.glob(osp.join(folder, '*.yml')), key=osp.getmtime)
+    if not ymls:
+        return {}
+    with open(ymls[-1]) as f:
+        return yaml.safe_load(f) or {}
+
+
+def _read_csv(path):
+    if not osp.isfile(path):
+        return []
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+class Run:
+    """One experiment or result folder: its label, final metrics per set, and training curves."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        if not osp.isdir(folder):
+            raise FileNotFoundError(f'not a folder: {folder}')
+        opt = _options(folder)
+        self.label = (opt.get('network_g') or {}).get('type') or osp.basename(osp.normpath(folder))
+        rows = _read_csv(osp.join(folder, 'metrics.csv'))
+        if not rows:
+            raise FileNotFoundError(f'{folder}: no metrics.csv (run validation or `vlu test` with val.metrics)')
+        self.history = defaultdict(dict)  # iter → {(dataset, metric): value}
+        self.datasets = list(OrderedDict.fromkeys(r['dataset'] for r in rows))
+        for r in rows:
+            self.history[int(r['iter'])][(r['dataset'], r['metric'])] = float(r['value'])
+        self.final = {}
+        for it in sorted(self.history):  # later validations overwrite earlier ones
+            self.final.update(self.history[it])
+        self.predictions = _read_csv(osp.join(folder, 'degradation_predictions.csv'))
+        self.is_experiment = bool(glob.glob(osp.join(folder, 'train_*.log')))
+
+    def metric(self, dataset, name):
+        """The final value of `name` on `dataset` (nan when absent)."""
+        return self.final.get((dataset, name), float('nan'))
+
+    def training_losses(self):
+        """(iterations, {loss name: values}) parsed from BasicSR's training log."""
+        iters, losses = [], defaultdict(list)
+        for log in sorted(glob.glob(osp.join(self.folder, 'train_*.log'))):
+            with open(log) as f:
+                for line in f:
+                    match = re.search(r'iter:\s*([\d,]+).*?\]\s*(.*)$', line)
+                    if not match or 'l_' not in match.group(2):
+                        continue
+                    iters.append(int(match.group(1).replace(',', '')))
+                    for name, value in re.findall(r'(l_\w+): ([-\d.e+]+)', match.group(2)):
+                        losses[name].append(float(value))
+        return iters, losses
+
+    def validation_curve(self, metric='psnr'):
+        """(iterations, mean of `metric` over the sets) across the validations of a run."""
+        points = []
+        for it in sorted(self.history):
+            values = [v for (_, m), v in self.history[it].items() if m == metric]
+            if values:
+                points.append((it, float(np.mean(values))))
+        return [p[0] for p in points], [p[1] for p in points]
+
+
+def merge_runs(folders):
+    """Runs by label; a result folder's final metrics win over an experiment's for the same label."""
+    runs = OrderedDict()
+    experiments = {}
+    for folder in folders:
+        run = Run(folder)
+        if run.is_experiment:
+            experiments[run.label] = run
+        if run.label not in runs or not run.is_experiment:
+            runs[run.label] = run
+    return runs, experiments
+
+
+def table(runs, metrics=('psnr', 'ssim')):
+    """Rows of (label, [(psnr, ssim) per set], (avg psnr, avg ssim)) over the union of the runs' sets."""
+    datasets = list(OrderedDict.fromkeys(d for run in runs.values() for d in run.datasets))
+    rows = []
+    for label, run in runs.items():
+        cells = [tuple(run.metric(d, m) for m in metrics) for d in datasets]
+        average = tuple(float(np.nanmean([c[i] for c in cells])) if cells else float('nan')
+                        for i in range(len(metrics)))
+        rows.append((label, cells, average))
+    return datasets, rows
+
+
+def _best(rows, column, index):
+    values = [(r[1] + [r[2]])[column][index] for r in rows]
+    finite = [v for v in values if not math.isnan(v)]
+    return max(finite) if finite else None
+
+
+def format_table(datasets, rows, markdown=True):
+    """The table as Markdown (best per column in bold) or plain text (best marked with *)."""
+    header = ['model'] + datasets + ['average']
+    lines = []
+    for label, cells, average in rows:
+        out = [label]
+        for column, cell in enumerate(cells + [average]):
+            text = f'{cell[0]:.2f}/{cell[1]:.4f}'
+            best = _best(rows, column, 0) == cell[0] and len(rows) > 1
+            out.append((f'**{text}**' if markdown else f'{text}*') if best else text)
+        lines.append(out)
+    if markdown:
+        return '\n'.join(['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] +
+                         ['| ' + ' | '.join(line) + ' |' for line in lines])
+    widths = [max(len(str(row[i])) for row in [header] + lines) for i in range(len(header))]
+    return '\n'.join('  '.join(str(c).ljust(w) for c, w in zip(row, widths)) for row in [header] + lines)
+
+
+def write_results_csv(path, datasets, rows):
+    """One row per model and set (and the average): PSNR and SSIM."""
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(['model', 'dataset', 'psnr', 'ssim'])
+        for label, cells, average in rows:
+            for name, (psnr, ssim) in zip(datasets + ['average'], cells + [average]):
+                writer.writerow([label, name, f'{psnr:.4f}', f'{ssim:.4f}'])
+    os.replace(tmp, path)
+
+
+def build_report(folders, out_dir, title='All-in-one restoration'):
+    """Write report.md, results.csv and the figures for `folders` into `out_dir`; returns the plain table."""
+    from vlu_plugin import figures
+    os.makedirs(out_dir, exist_ok=True)
+    runs, experiments = merge_runs(folders)
+    datasets, rows = table(runs)
+    write_results_csv(osp.join(out_dir, 'results.csv'), datasets, rows)
+    made = {
+        'comparison.png': figures.comparison(runs, datasets, osp.join(out_dir, 'comparison.png')),
+        'curves.png': figures.curves(experiments, osp.join(out_dir, 'curves.png')),
+        'clip_confusion.png': figures.confusion(runs, osp.join(out_dir, 'clip_confusion.png')),
+    }
+    lines = [f'# {title}', '', 'PSNR (dB) / SSIM on RGB float images in [0, 1] (best PSNR per column in bold).', '',
+             format_table(datasets, rows), '']
+    accuracy = [(label, run.metric(d, 'degradation_acc')) for label, run in runs.items() for d in datasets]
+    if any(not math.isnan(a) for _, a in accuracy):
+        lines += ['Degradation-CLIP accuracy per set: ' + ', '.join(
+            f'{d} {runs[label].metric(d, "degradation_acc"):.3f}' for label in runs for d in datasets
+            if not math.isnan(runs[label].metric(d, 'degradation_acc'))), '']
+    lines += [f'![{name}]({name})' for name, ok in made.items() if ok]
+    _atomic_write_text(osp.join(out_dir, 'report.md'), '\n'.join(lines) + '\n')
+    return format_table(datasets, rows, markdown=False)

@@ -1,0 +1,220 @@
+"""MultiDegradationDataset over the tiny synthetic benchmark: disk vs LMDB, labels, views, loaders, bad inputs."""
+import os
+import pickle
+import random
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import vlu_plugin  # noqa: F401  (shims before basicsr)
+from basicsr.data import build_dataset
+from vlu_plugin.data.image_io import decode_image, read_image
+from vlu_plugin.data.synthetic_benchmark import build_synthetic_benchmark
+from vlu_plugin.data.tasks import get_preset, get_task
+
+
+@pytest.fixture(scope='module')
+def bench(tmp_path_factory):
+    """A quick 64-px benchmark (7 train crops, 3 test crops per task)."""
+    root = tmp_path_factory.mktemp('data') / 'synthetic'
+    build_synthetic_benchmark(str(root), size=64, quick=True, progress=False)
+    return str(root)
+
+
+def make(**opt):
+    opt.setdefault('name', 'test')
+    opt.setdefault('phase', 'train')
+    return build_dataset(dict(opt, type='MultiDegradationDataset'))
+
+
+def disk_opt(bench, **extra):
+    return dict(tasks='5task', root=bench, meta_info_dir=os.path.join(bench, 'meta_info'), **extra)
+
+
+def lmdb_opt(bench, **extra):
+    return dict(tasks='5task', io_backend={'type': 'lmdb'}, lmdb_dir=os.path.join(bench, 'lmdb'), **extra)
+
+
+def write(path, img):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    assert cv2.imwrite(str(path), img)
+    return str(path)
+
+
+def test_disk_and_lmdb_give_identical_samples(bench):
+    disk = make(**disk_opt(bench, gt_size=32, key_view=True, repeat='release'))
+    lmdb = make(**lmdb_opt(bench, gt_size=32, key_view=True, repeat='release'))
+    assert len(disk) == len(lmdb) == 7 * (3 * 3 + 1 + 120 + 1 + 1)
+    for index in range(0, len(disk), 7):
+        random.seed(index)
+        a = disk[index]
+        random.seed(index)
+        b = lmdb[index]
+        for key in ('lq', 'gt', 'lq_key'):
+            assert a[key].shape == (3, 32, 32) and a[key].dtype == torch.float32
+            assert torch.equal(a[key], b[key]), (index, key)
+        assert (a['deg_label'], a['deg_text']) == (b['deg_label'], b['deg_text'])
+    # a pickled copy (as spawned workers get) reads the same LMDBs in this process: py-lmdb forbids a
+    # second open of an environment, so datasets of one process must share the handles
+    copy = pickle.loads(pickle.dumps(lmdb))
+    random.seed(0)
+    a = copy[0]
+    random.seed(0)
+    assert torch.equal(a['lq'], lmdb[0]['lq'])
+
+
+def test_labels_and_texts_match_the_preset(bench):
+    for preset, phase, count in (('5task', 'val', 3), ('3task', 'train', 7)):
+        opt = disk_opt(bench, gt_size=32)
+        opt['tasks'] = preset
+        ds = make(phase=phase, **opt)
+        split = 'train' if phase == 'train' else 'test'
+        tasks = get_preset(preset, split)
+        assert len(ds) == count * len(tasks)
+        seen = [(s['deg_label'], s['deg_text']) for s in (ds[i] for i in range(len(ds)))]
+        assert sorted(set(seen)) == [(t.label, t.text) for t in tasks]
+        assert all(0 <= s['lq'].min() and s['lq'].max() <= 1 for s in (ds[0], ds[len(ds) - 1]))
+
+
+def test_validation_noise_is_deterministic_and_named_per_task(bench):
+    clean = os.path.join(bench, 'test', 'clean')
+    tasks = [{'name': f'denoise_{s}', 'dataroot_gt': clean} for s in (15, 50)]
+    first, second = make(phase='val', tasks=tasks), make(phase='val', tasks=tasks)
+    a, b = first[0], second[0]
+    assert torch.equal(a['lq'], b['lq']) and a['lq'].shape == (3, 64, 64)
+    assert a['lq_path'].endswith('_denoise_15.png') and first[3]['lq_path'].endswith('_denoise_50.png')
+    assert len({first[i]['lq_path'] for i in range(len(first))}) == len(first)
+    measured = (first[3]['lq'] - first[3]['gt']).std().item() * 255  # sigma 50, clipping shrinks it a bit
+    assert 35 < measured < 52
+
+
+def test_training_noise_differs_between_draws_and_key_view(bench):
+    ds = make(tasks=[{'name': 'denoise_25', 'dataroot_gt': os.path.join(bench, 'train', 'clean')}],
+              gt_size=64, use_hflip=False, use_rot=False, key_view=True)
+    random.seed(0)
+    a = ds[0]
+    b = ds[0]
+    assert torch.equal(a['gt'], b['gt'])  # 64-px images: the crop is the whole image
+    assert not torch.equal(a['lq'], b['lq'])
+    assert not torch.equal(a['lq'], a['lq_key'])  # the key view has its own noise of the same sigma
+    noise, key_noise = [(view - a['gt']).std().item() * 255 for view in (a['lq'], a['lq_key'])]
+    assert 12 < noise < 27 and abs(noise - key_noise) < 0.1 * noise  # same sigma (clipping lowers both)
+
+
+def test_dataloader_with_two_workers(bench):
+    ds = make(**disk_opt(bench, gt_size=32, key_view=True))
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, shuffle=True, num_workers=2, drop_last=True)
+    batches = list(loader)
+    assert len(batches) == len(ds) // 4
+    batch = batches[0]
+    assert batch['lq'].shape == batch['gt'].shape == batch['lq_key'].shape == (4, 3, 32, 32)
+    assert batch['deg_label'].dtype == torch.int64 and len(batch['deg_text']) == 4
+    assert all(get_task_text == text for get_task_text, text in
+               zip([get_preset('5task')[int(lbl)].text for lbl in batch['deg_label']], batch['deg_text']))
+
+
+def test_grey_rgba_16bit_and_palette_inputs_become_rgb(tmp_path):
+    from PIL import Image
+    base = (np.arange(40 * 48 * 3) % 251).reshape(40, 48, 3).astype(np.uint8)
+    grey = write(tmp_path / 'grey.png', base[:, :, 0])
+    rgba = write(tmp_path / 'rgba.png', np.dstack([base, np.full(base.shape[:2], 7, np.uint8)]))
+    deep = write(tmp_path / 'deep.png', base.astype(np.uint16) * 257)
+    palette = str(tmp_path / 'palette.png')
+    Image.fromarray(base[:, :, ::-1]).convert('P').save(palette)
+    rgb = base[:, :, ::-1].astype(np.float32) / 255.
+    assert np.array_equal(read_image(grey), np.repeat(rgb[:, :, 2:3], 3, axis=2))
+    assert np.allclose(read_image(rgba), rgb) and np.allclose(read_image(deep), rgb, atol=1e-6)
+    assert read_image(palette).shape == (40, 48, 3) and read_image(palette).dtype == np.float32
+    ds = make(phase='val', tasks=[{'name': 'denoise_25', 'dataroot_gt': str(tmp_path)}])
+    assert [tuple(ds[i]['gt'].shape) for i in range(len(ds))] == [(3, 40, 48)] * 4
+
+
+# ---- bad inputs: each error names the file or option -------------------------------------------------
+def pair_folders(tmp_path, lq_shape=(40, 48, 3), gt_shape=(40, 48, 3), names=('a',)):
+    for name in names:
+        write(tmp_path / 'lq' / f'{name}.png', np.zeros(lq_shape, np.uint8))
+        write(tmp_path / 'gt' / f'{name}.png', np.zeros(gt_shape, np.uint8))
+    return {'name': 'derain', 'dataroot_lq': str(tmp_path / 'lq'), 'dataroot_gt': str(tmp_path / 'gt')}
+
+
+def test_bad_input_missing_partner(tmp_path):
+    task = pair_folders(tmp_path)
+    write(tmp_path / 'lq' / 'orphan.png', np.zeros((40, 48, 3), np.uint8))
+    with pytest.raises(FileNotFoundError, match=r"orphan\.png has no clean partner"):
+        make(phase='val', tasks=[task])
+    (tmp_path / 'list.txt').write_text('./lq/a.png, ./gt/a.png\n./lq/orphan.png, ./gt/orphan.png\n')
+    with pytest.raises(FileNotFoundError, match=r"list\.txt line 2: clean partner .*gt/orphan\.png does not exist"):
+        make(phase='val', tasks=[{'name': 'derain', 'meta_info_file': str(tmp_path / 'list.txt')}])
+
+
+def test_bad_input_missing_partner_in_lmdb(bench, tmp_path):
+    from vlu_plugin.data.image_io import write_lmdb
+    lq = os.path.join(bench, 'train', 'derain')
+    write_lmdb(lq, ['astronaut_00.png'], ['not_in_gt'], str(tmp_path / 'lq.lmdb'))
+    task = {'name': 'derain', 'io_backend': {'type': 'lmdb'}, 'dataroot_lq': str(tmp_path / 'lq.lmdb'),
+            'dataroot_gt': os.path.join(bench, 'lmdb', 'derain_train_gt.lmdb')}
+    with pytest.raises(FileNotFoundError, match=r"lq\.lmdb:not_in_gt has no clean partner"):
+        make(phase='val', tasks=[task])
+
+
+def test_bad_input_size_mismatch(tmp_path):
+    ds = make(phase='val', tasks=[pair_folders(tmp_path, gt_shape=(40, 50, 3))])
+    with pytest.raises(ValueError, match=r"size mismatch.*lq/a\.png is 40x48 but clean .*gt/a\.png is 40x50"):
+        ds[0]
+
+
+def test_bad_input_unreadable_image(tmp_path):
+    task = pair_folders(tmp_path)
+    (tmp_path / 'lq' / 'a.png').write_bytes(b'not a png at all')
+    with pytest.raises(ValueError, match=r"unreadable image .*lq/a\.png"):
+        make(phase='val', tasks=[task])[0]
+    with pytest.raises(ValueError, match=r"unreadable image x\.png"):
+        decode_image(b'', 'x.png')
+
+
+def test_bad_input_smaller_than_gt_size(tmp_path):
+    ds = make(tasks=[pair_folders(tmp_path)], gt_size=64)
+    with pytest.raises(ValueError, match=r"gt/a\.png is 40x48 \(HxW\), smaller than gt_size 64"):
+        ds[0]
+
+
+def test_bad_input_empty_task(tmp_path):
+    (tmp_path / 'lq').mkdir()
+    (tmp_path / 'gt').mkdir()
+    task = {'name': 'derain', 'dataroot_lq': str(tmp_path / 'lq'), 'dataroot_gt': str(tmp_path / 'gt')}
+    with pytest.raises(ValueError, match=r"task 'derain' is empty: no images found in .*gt"):
+        make(phase='val', tasks=[task])
+    with pytest.raises(FileNotFoundError, match=r"folder .*nowhere does not exist"):
+        make(phase='val', tasks=[{'name': 'dehaze', 'root': str(tmp_path / 'nowhere')}])
+
+
+def test_bad_input_unknown_task_and_misspelled_keys(tmp_path):
+    task = pair_folders(tmp_path)
+    with pytest.raises(ValueError, match=r"unknown task 'dehazing'; known tasks: denoise_15, .*lowlight"):
+        make(phase='val', tasks=[dict(task, name='dehazing')])
+    with pytest.raises(ValueError, match=r"unknown option 'use_flip'.*did you mean 'use_hflip'.*allowed keys"):
+        make(tasks=[task], gt_size=32, use_flip=True)
+    with pytest.raises(ValueError, match=r"unknown option 'sigm' in task 'derain'.*sigma"):
+        make(phase='val', tasks=[dict(task, sigm=3)])
+
+
+def test_bad_input_clean_only_images_for_a_paired_task(tmp_path):
+    pair_folders(tmp_path)
+    with pytest.raises(ValueError, match=r"task 'dehaze': .*gt gives clean images only"):
+        make(phase='val', tasks=[{'name': 'dehaze', 'dataroot_gt': str(tmp_path / 'gt')}])
+
+
+def test_bad_input_options(tmp_path):
+    task = pair_folders(tmp_path)
+    with pytest.raises(ValueError, match=r"training needs gt_size"):
+        make(tasks=[task])
+    with pytest.raises(ValueError, match=r"repeat names task 'derian'"):
+        make(tasks=[task], gt_size=32, repeat={'derian': 3})
+    with pytest.raises(ValueError, match=r"noise_quantize 'floor'"):
+        make(phase='val', tasks=[{'name': 'denoise_15', 'dataroot_gt': str(tmp_path / 'gt'),
+                                  'noise_quantize': 'floor'}])
+    with pytest.raises(FileNotFoundError, match=r"LMDB .*missing\.lmdb does not exist"):
+        make(phase='val', tasks=[dict(task, io_backend={'type': 'lmdb'}, dataroot_gt=str(tmp_path / 'missing.lmdb'))])
+    assert get_task('derain').label == 4

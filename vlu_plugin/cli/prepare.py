@@ -1,0 +1,131 @@
+"""`vlu prepare`: the embedded synthetic benchmark, any folder as a BasicSR LMDB, pair lists of the public sets.
+
+  vlu prepare synthetic [--out datasets/synthetic] [--size 128] [--quick] [--force]
+  vlu prepare lmdb <folder> <out.lmdb> [--overwrite]
+  vlu prepare lists --root datasets --preset 3task|5task [--out DIR]
+"""
+import os
+import os.path as osp
+import sys
+
+LIST_EXAMPLES = 10  # missing partners named in the report per set
+
+
+def add_parser(subparsers):
+    """Register `prepare` and its three sub-subcommands."""
+    parser = subparsers.add_parser('prepare', help='build the synthetic benchmark, LMDBs and pair lists',
+                                   description=__doc__.split('\n\n')[0])
+    sub = parser.add_subparsers(dest='prepare_command', metavar='WHAT', required=True)
+    p = sub.add_parser('synthetic', help="the embedded 5-task benchmark from scikit-image's bundled photos")
+    p.add_argument('--out', default='datasets/synthetic', help='output folder (default: %(default)s)')
+    p.add_argument('--size', type=int, default=128, help='crop size in pixels (default: %(default)s)')
+    p.add_argument('--quick', action='store_true', help='one crop per image: a tiny set for smoke tests')
+    p.add_argument('--seed', type=int, default=0, help='seed of crops and degradations (default: %(default)s)')
+    p.add_argument('--force', action='store_true', help='rebuild even if an identical build is there')
+    p = sub.add_parser('lmdb', help='every image under a folder into a BasicSR LMDB (keys: relative paths)')
+    p.add_argument('folder')
+    p.add_argument('out', help='the LMDB folder to write; its name must end in .lmdb')
+    p.add_argument('--overwrite', action='store_true', help='replace an existing LMDB')
+    p = sub.add_parser('lists', help='find the public data sets under a root and write their pair lists')
+    p.add_argument('--root', required=True, help='datasets root, laid out as in datasets/README.md')
+    p.add_argument('--preset', required=True, choices=('3task', '5task'))
+    p.add_argument('--out', help='folder for the lists (default: ROOT/meta_info)')
+    return 'prepare'
+
+
+def run(args):
+    """Run the chosen `prepare` command; user errors print one line and return 2."""
+    commands = {'synthetic': run_synthetic, 'lmdb': run_lmdb, 'lists': run_lists}
+    try:
+        return commands[args.prepare_command](args)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f'vlu prepare {args.prepare_command}: error: {err}', file=sys.stderr)
+        return 2
+
+
+def run_synthetic(args):
+    """Build (or confirm) the embedded benchmark."""
+    from vlu_plugin.data.synthetic_benchmark import build_synthetic_benchmark
+    build_synthetic_benchmark(args.out, size=args.size, quick=args.quick, force=args.force, seed=args.seed)
+    return 0
+
+
+def run_lmdb(args):
+    """Write every image under `args.folder` to the LMDB `args.out`, keyed by relative path without extension."""
+    from vlu_plugin.data.image_io import list_images, write_lmdb
+    if not osp.isdir(args.folder):
+        raise FileNotFoundError(f'folder {args.folder} does not exist')
+    images = list_images(args.folder)
+    if not images:
+        raise ValueError(f'no images under {args.folder}')
+    keys = [osp.splitext(rel)[0] for rel in images]
+    path = write_lmdb(args.folder, images, keys, args.out, overwrite=args.overwrite)
+    print(f'wrote {len(images)} images to {path}')
+    return 0
+
+
+def _write_list(path, lines):
+    """Write a list file atomically (a reader never sees half a list)."""
+    tmp = f'{path}.partial-{os.getpid()}'
+    with open(tmp, 'w') as f:
+        f.write(''.join(f'{line}\n' for line in lines))
+    os.replace(tmp, path)
+
+
+def _rel(root, where, path):
+    """`path` (relative to the set's folder `where`) relative to the datasets root, with / separators."""
+    return osp.relpath(osp.join(where, path), root).replace(os.sep, '/')
+
+
+def _list_line(root, where, lq, gt):
+    """A list line in the release's format, `./degraded, ./clean` relative to the datasets root."""
+    return ', '.join(f'./{_rel(root, where, p)}' for p in (lq, gt) if p is not None)
+
+
+def _fmt_expected(counts):
+    return ' or '.join(f'{c:,}' for c in counts)
+
+
+def run_lists(args):
+    """Scan the standard layouts under --root, write <source>_<split>.txt lists, report counts and gaps."""
+    from vlu_plugin.data.pairs import find_layout_pairs
+    from vlu_plugin.data.tasks import sources_of
+    root = args.root
+    if not osp.isdir(root):
+        raise FileNotFoundError(f'datasets root {root} does not exist')
+    out = args.out or osp.join(root, 'meta_info')
+    os.makedirs(out, exist_ok=True)
+    absent, gaps = [], 0
+    print(f'pair lists for {args.preset} under {root} -> {out}')
+    for source in sources_of(args.preset):
+        for split, folder, expected, what in (('train', source.train_dir, source.expected_train, source.what[0]),
+                                              ('test', source.test_dir, source.expected_test, source.what[1])):
+            where = osp.join(root, folder)
+            label = f'{source.name}_{split}'
+            if not osp.isdir(where):
+                absent.append(label)
+                print(f'  {label:15s} MISSING  {where} ({what}; see datasets/README.md)')
+                continue
+            found = find_layout_pairs(where, source.layout)
+            lines = [_list_line(root, where, lq, gt) for lq, gt in found.pairs]
+            if lines:
+                _write_list(osp.join(out, f'{label}.txt'), lines)
+            kind = 'clean images' if source.layout == 'clean' else 'pairs'
+            note = '' if len(lines) in expected else f'  (expected {_fmt_expected(expected)})'
+            print(f'  {label:15s} {len(lines):7,d} {kind}{note}  [{where}]')
+            for name in found.missing[:LIST_EXAMPLES]:
+                print(f'      missing partner: {_rel(root, where, name)} has no clean image')
+            if len(found.missing) > LIST_EXAMPLES:
+                print(f'      ... and {len(found.missing) - LIST_EXAMPLES} more without a partner')
+            if found.unused:
+                print(f'      {len(found.unused)} other images took part in no pair '
+                      f'(e.g. {_rel(root, where, found.unused[0])})')
+            if not lines:
+                absent.append(label)
+            gaps += len(found.missing)
+    if absent or gaps:
+        print(f'incomplete: {len(absent)} sets missing or empty ({", ".join(absent) or "none"}), '
+              f'{gaps} degraded images without a partner')
+    else:
+        print('complete: every set was found')
+    return 0

@@ -1,0 +1,225 @@
+"""MultiDegradationDataset: (degraded, clean) pairs of several degradation tasks, each labelled with its
+task's CLIP label and prompt, read from folders, pair lists or LMDBs, or made on the fly (Gaussian noise).
+
+Sample: `lq`, `gt` (3xHxW float32 RGB in [0, 1]), `lq_path`, `gt_path`, `deg_label` (int, CLIP order),
+`deg_text` (the prompt), and `lq_key` (a second view of the same degraded image) with `key_view: true`.
+Training crops `gt_size` patches with BasicSR's `paired_random_crop` and augments with `augment`;
+validation returns whole images. Options are listed in `tasks.DATASET_KEYS` / `tasks.TASK_KEYS`.
+"""
+import os
+import os.path as osp
+import random
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import numpy as np
+from basicsr.data.transforms import augment, paired_random_crop
+from basicsr.utils import FileClient, img2tensor
+from basicsr.utils.registry import DATASET_REGISTRY
+from torch.utils import data
+
+from vlu_plugin.data.image_io import decode_image, list_images
+from vlu_plugin.data.pairs import Pairs, find_folder_pairs, find_layout_pairs, find_lmdb_pairs, read_pair_list
+from vlu_plugin.data.synthesis import add_gaussian_noise
+from vlu_plugin.data.tasks import SOURCES, Task, resolve_tasks
+
+QUANTIZE_MODES = ('truncate', 'round', 'none')
+DISK = FileClient('disk')
+_LMDB_CLIENTS = {}  # (pid, folder) -> FileClient: py-lmdb refuses a second open of one environment per process,
+# and a handle must not cross a fork, so datasets of one process share them and each worker opens its own
+
+
+def lmdb_client(folder):
+    """The process's read-only BasicSR FileClient of the LMDB `folder`, opened on first use."""
+    key = (os.getpid(), osp.abspath(folder))
+    if key not in _LMDB_CLIENTS:
+        _LMDB_CLIENTS[key] = FileClient('lmdb', db_paths=[folder], client_keys=['default'],
+                                        readonly=True, lock=False, readahead=False)
+    return _LMDB_CLIENTS[key]
+
+
+@dataclass
+class TaskData:
+    """One task's resolved data: its pairs (lq None = synthesised) and how to read them."""
+    task: Task
+    pairs: List[Tuple[Optional[str], str]]
+    backend: str  # 'disk' or 'lmdb'
+    where: str  # for messages
+    sigma: Optional[float] = None
+    quantize: str = 'truncate'
+    lmdb: Optional[dict] = None  # role ('lq'/'gt') -> LMDB folder
+
+
+def _list_folder(folder):
+    """Pairs of a clean-only folder."""
+    if not osp.isdir(folder):
+        raise FileNotFoundError(f'folder {folder} does not exist')
+    return Pairs(pairs=[(None, osp.join(folder, rel)) for rel in list_images(folder)])
+
+
+def find_task_pairs(task, spec, default_backend):
+    """The Pairs of one task option dict and the backend type it is read with."""
+    backend = (spec.get('io_backend') or default_backend or {'type': 'disk'}).get('type', 'disk')
+    if backend == 'lmdb':
+        if not spec.get('dataroot_gt'):
+            raise ValueError(f'task {task.name!r}: io_backend lmdb needs dataroot_gt (and dataroot_lq) LMDB folders')
+        return find_lmdb_pairs(spec.get('dataroot_lq'), spec['dataroot_gt']), backend, spec['dataroot_gt']
+    if backend != 'disk':
+        raise ValueError(f"task {task.name!r}: io_backend type {backend!r} is not supported; use 'disk' or 'lmdb'")
+    if spec.get('meta_info_file'):
+        return read_pair_list(spec['meta_info_file'], spec.get('root')), backend, spec['meta_info_file']
+    if spec.get('dataroot_gt'):
+        gt = spec['dataroot_gt']
+        found = find_folder_pairs(spec['dataroot_lq'], gt) if spec.get('dataroot_lq') else _list_folder(gt)
+        return found, backend, gt
+    if spec.get('dataroot_lq'):
+        raise ValueError(f'task {task.name!r}: dataroot_lq {spec["dataroot_lq"]} needs a dataroot_gt beside it')
+    root = spec['root']
+    found = find_layout_pairs(root, spec.get('layout', SOURCES[task.source].layout))
+    found.pairs = [(None if lq is None else osp.join(root, lq), osp.join(root, gt)) for lq, gt in found.pairs]
+    found.missing = [osp.join(root, lq) for lq in found.missing]
+    return found, backend, root
+
+
+@DATASET_REGISTRY.register()
+class MultiDegradationDataset(data.Dataset):
+    """Pairs of several degradation tasks with their CLIP label and prompt, from disk or LMDB."""
+
+    def __init__(self, opt):
+        super().__init__()
+        self.opt = opt
+        resolved = resolve_tasks(opt)  # also rejects misspelled option keys
+        self.is_train = opt.get('phase', 'train') == 'train'
+        if opt.get('scale', 1) != 1:
+            raise ValueError(f'scale is {opt["scale"]}: all-in-one restoration keeps the size (scale 1)')
+        self.gt_size = opt.get('gt_size')
+        if self.is_train and not (isinstance(self.gt_size, int) and self.gt_size > 0):
+            raise ValueError(f'dataset {opt.get("name", "")!r}: training needs gt_size (a positive int)')
+        self.use_hflip, self.use_rot = opt.get('use_hflip', True), opt.get('use_rot', True)
+        self.key_view = bool(opt.get('key_view', False))
+        self.seed = opt.get('seed', 0)
+        if not (isinstance(self.seed, int) and self.seed >= 0):
+            raise ValueError(f'seed must be a non-negative int, not {self.seed!r}')
+        self.tasks = [self._load_task(task, spec) for task, spec in resolved]
+        repeats = self._repeats(resolved)
+        self.samples = [(t, i) for t, td in enumerate(self.tasks) for _ in range(repeats[t])
+                        for i in range(len(td.pairs))]
+
+    def _load_task(self, task, spec):
+        found, backend, where = find_task_pairs(task, spec, self.opt.get('io_backend'))
+        if found.missing:
+            more = f' (and {len(found.missing) - 1} more)' if len(found.missing) > 1 else ''
+            raise FileNotFoundError(f'task {task.name!r}: degraded image {found.missing[0]} has no clean partner'
+                                    f'{more} in {where}')
+        if not found.pairs:
+            raise ValueError(f'task {task.name!r} is empty: no images found in {where}')
+        synthesised = [lq is None for lq, _ in found.pairs]
+        sigma = spec.get('sigma', task.sigma)
+        if any(synthesised) and sigma is None:
+            raise ValueError(f'task {task.name!r}: {where} gives clean images only, but only noise tasks '
+                             'synthesise their degraded images; give the degraded images too')
+        if any(synthesised) and not all(synthesised):
+            raise ValueError(f'task {task.name!r}: {where} mixes pairs and clean-only entries')
+        quantize = spec.get('noise_quantize', self.opt.get('noise_quantize', 'truncate'))
+        if quantize not in QUANTIZE_MODES:
+            raise ValueError(f'task {task.name!r}: noise_quantize {quantize!r} is not one of {QUANTIZE_MODES}')
+        lmdb = None
+        if backend == 'lmdb':
+            lmdb = {'gt': spec['dataroot_gt']}
+            if not all(synthesised):
+                lmdb['lq'] = spec['dataroot_lq']
+        return TaskData(task, found.pairs, backend, where, sigma, quantize, lmdb)
+
+    def _repeats(self, resolved):
+        """Per-task repeat factors (training only): per task `repeat`, else the dataset's 'release' or dict."""
+        default = self.opt.get('repeat', {})
+        names = [task.name for task, _ in resolved]
+        if isinstance(default, dict):
+            for name in default:
+                if name not in names:
+                    raise ValueError(f'repeat names task {name!r}, which is not in this dataset ({", ".join(names)})')
+        elif default != 'release':
+            raise ValueError(f"repeat must be 'release' or a mapping task -> factor, not {default!r}")
+        repeats = []
+        for task, spec in resolved:
+            factor = spec.get('repeat', task.release_repeat if default == 'release' else default.get(task.name, 1))
+            if not (isinstance(factor, int) and factor >= 1):
+                raise ValueError(f'task {task.name!r}: repeat must be a positive int, not {factor!r}')
+            repeats.append(factor if self.is_train else 1)
+        return repeats
+
+    def __len__(self):
+        return len(self.samples)
+
+    def set_epoch(self, epoch):
+        """Key each training sample's randomness on (seed, epoch, index) from now on.
+
+        BasicSR's sampler calls this (see `vlu_plugin.exact_resume`); the crops, flips and noise of a
+        sample then depend neither on the worker that loads it nor on what was loaded before, so a
+        resumed run sees exactly the batches an uninterrupted one would, with any number of workers.
+        """
+        self.epoch = epoch
+
+    # ---- reading ----------------------------------------------------------------------------------
+    def _name(self, td, ref, role):
+        return f'{td.lmdb[role]} key {ref}' if td.backend == 'lmdb' else ref
+
+    def _read(self, td, ref, role):
+        """Decode one image of task `td` as float32 RGB; errors name the file."""
+        if td.backend == 'lmdb':
+            content = lmdb_client(td.lmdb[role]).get(ref, 'default')
+        else:
+            try:
+                content = DISK.get(ref)
+            except OSError as err:
+                raise FileNotFoundError(f'cannot read image {ref}: {err.strerror or err}') from None
+        return decode_image(content, self._name(td, ref, role))
+
+    def _noise_rng(self, index, td):
+        """Generator for synthesised noise: fixed per (seed, index, sigma) in validation; in training also drawn
+        from Python's `random`, which BasicSR/torch seed per worker, so workers and epochs differ."""
+        entropy = [self.seed, index, int(round(td.sigma * 1000))]
+        if self.is_train:
+            entropy.append(random.getrandbits(32))
+        return np.random.default_rng(entropy)
+
+    def _view(self, lq, gt, td, rng, gt_name):
+        """One (lq, gt) view: a random augmented patch in training, the whole image otherwise; noise made last."""
+        if self.is_train:
+            gt, lq_patch = paired_random_crop(gt, gt if lq is None else lq, self.gt_size, 1, gt_name)
+            # copies: augment flips in place, which must not touch the full image a second view is cut from
+            gt, lq_patch = augment([gt.copy(), lq_patch.copy()], self.use_hflip, self.use_rot)
+            lq = None if lq is None else lq_patch
+        if lq is None:
+            lq = add_gaussian_noise(gt, td.sigma, rng, td.quantize)
+        return lq, gt
+
+    def __getitem__(self, index):
+        if self.is_train and getattr(self, 'epoch', None) is not None:
+            random.seed(f'{self.seed}/{self.epoch}/{index}')  # BasicSR's crop and augment draw from `random`
+        t, i = self.samples[index]
+        td = self.tasks[t]
+        lq_ref, gt_ref = td.pairs[i]
+        gt_name = self._name(td, gt_ref, 'gt')
+        gt = self._read(td, gt_ref, 'gt')
+        lq = None if lq_ref is None else self._read(td, lq_ref, 'lq')
+        if lq is not None and lq.shape[:2] != gt.shape[:2]:
+            raise ValueError(f'size mismatch in task {td.task.name!r}: degraded {self._name(td, lq_ref, "lq")} is '
+                             f'{lq.shape[0]}x{lq.shape[1]} but clean {gt_name} is {gt.shape[0]}x{gt.shape[1]} (HxW)')
+        if self.is_train and min(gt.shape[:2]) < self.gt_size:
+            raise ValueError(f'image {gt_name} is {gt.shape[0]}x{gt.shape[1]} (HxW), smaller than '
+                             f'gt_size {self.gt_size}; remove it or lower gt_size')
+        rng = self._noise_rng(index, td) if lq is None else None
+        lq_out, gt_out = self._view(lq, gt, td, rng, gt_name)
+        if lq_ref is None:  # synthesised: the task in the name keeps validation images of each sigma apart
+            stem, ext = osp.splitext(gt_ref)
+            lq_path = f'{stem}_{td.task.name}{ext}'
+        else:
+            lq_path = lq_ref
+        lq_t, gt_t = img2tensor([lq_out, gt_out], bgr2rgb=False, float32=True)
+        sample = {'lq': lq_t, 'gt': gt_t, 'lq_path': lq_path, 'gt_path': gt_ref,
+                  'deg_label': td.task.label, 'deg_text': td.task.text}
+        if self.key_view:
+            key, _ = self._view(lq, gt, td, rng, gt_name)
+            sample['lq_key'] = img2tensor(key, bgr2rgb=False, float32=True)
+        return sample

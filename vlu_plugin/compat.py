@@ -124,18 +124,46 @@ class _TorchWithSafeIO:
         return torch.load(f, *args, **kwargs)
 
 
+def _deep_update(base, override):
+    """`base` with `override`'s keys set recursively (nested mappings merged, other values replaced)."""
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
 def _include(loader, node):
-    """`!include path`: the YAML file at `path`, relative to the including file."""
+    """`!include path` or `!include {file: path, override: {...}, remove: [keys]}`: a YAML file relative to
+    the including one.
+
+    The long form changes a few keys of the shared block (e.g. AirNet's `train: {key_view: true}`) or
+    drops some (a test file drops `train`), so one data block serves every model and every stage.
+    """
     import os.path as osp
 
     import yaml
-    relative = loader.construct_scalar(node)
+    import yaml.nodes
     including = getattr(loader, 'name', '')
+    if isinstance(node, yaml.nodes.MappingNode):
+        spec = loader.construct_mapping(node, deep=True)
+        relative, override, remove = spec.get('file'), spec.get('override') or {}, spec.get('remove') or []
+        if not relative or set(spec) - {'file', 'override', 'remove'}:
+            raise ValueError(f'{including}: !include takes a path or {{file: path, override: {{...}}, remove: [...]}}'
+                             f', got {dict(spec)}')
+    else:
+        relative, override, remove = loader.construct_scalar(node), {}, []
     path = osp.join(osp.dirname(including), relative) if osp.isfile(including) else relative
     if not osp.isfile(path):
         raise FileNotFoundError(f'{including}: !include {relative}: no such file ({path})')
     with open(path) as f:
-        return yaml.load(f, Loader=type(loader))
+        block = _deep_update(yaml.load(f, Loader=type(loader)), override)
+    for key in remove:
+        if key not in block:
+            raise KeyError(f'{including}: !include {relative}: cannot remove {key!r}, it has only {list(block)}')
+        del block[key]
+    return block
 
 
 def ordered_yaml():

@@ -1,0 +1,73 @@
+"""VLUNetModel: VLU-Net restoration conditioned on a frozen degradation-aware CLIP.
+
+The CLIP is built from the `degradation_clip` option block and loads its trained weights from
+`path.pretrain_network_degradation_clip` (a `net_clip_<iter>.pth` from DegradationCLIPModel, or the
+release's `clip_tuned.pth` / Lightning checkpoint). It is never trained here, never saved in
+`net_g`'s checkpoints, has no optimizer and is not DDP-wrapped. Without the block there is no
+degradation vector and VLU-Net mixes its prompts uniformly.
+
+Two BasicSR rules fix the option names. The block is not a `network_*` key: resume rewrites
+`path.pretrain_network_<x>` for every top-level `network_<x>` to a file this model never writes. The
+path key does contain `pretrain_network`: BasicSR creates a directory for every other `path.*` entry
+(`make_exp_dirs`), so `path.pretrain_degradation_clip: clip.pth` would fail (or make a folder named
+clip.pth); with no `network_degradation_clip` block, resume leaves this key alone, and `~` expands.
+"""
+import torch
+from basicsr.archs import build_network
+from basicsr.utils import get_root_logger
+from basicsr.utils.registry import MODEL_REGISTRY
+
+from vlu_plugin.models.all_in_one_model import AllInOneModel
+from vlu_plugin.models.degradation_clip_model import load_degradation_clip
+
+
+@MODEL_REGISTRY.register()
+class VLUNetModel(AllInOneModel):
+    """AllInOneModel whose network takes `(lq, degradation_vector)` from a frozen DegradationCLIP."""
+
+    CLIP_PATH_KEY = 'pretrain_network_degradation_clip'
+
+    def __init__(self, opt):
+        super().__init__(opt)
+        self.net_clip = self.build_degradation_clip(opt)
+
+    def build_degradation_clip(self, opt):
+        """The frozen, trained DegradationCLIP the options describe, or None without a `degradation_clip` block."""
+        clip_opt = opt.get('degradation_clip')
+        if clip_opt is None:
+            get_root_logger().info('VLUNetModel: no degradation_clip block; VLU-Net mixes its prompts uniformly')
+            return None
+        path = opt['path'].get(self.CLIP_PATH_KEY)
+        if path is None:
+            raise ValueError(f'VLUNetModel: degradation_clip needs path.{self.CLIP_PATH_KEY} (a net_clip_<iter>.pth '
+                             'from DegradationCLIPModel or a converted release file): untrained adapters would feed '
+                             'VLU-Net noise. Remove the degradation_clip block to run without a CLIP.')
+        net_clip = build_network(clip_opt)
+        load_degradation_clip(net_clip, path)
+        net_clip = net_clip.to(self.device).eval()
+        net_clip.requires_grad_(False)
+        clip_dim = getattr(self.get_bare_model(self.net_g), 'clip_dim', None)
+        if clip_dim is not None and clip_dim != net_clip.embed_dim:
+            raise ValueError(f'VLUNetModel: network_g.clip_dim is {clip_dim} but the degradation CLIP embeds in '
+                             f'{net_clip.embed_dim} dimensions; set network_g.clip_dim: {net_clip.embed_dim}')
+        return net_clip
+
+    def feed_data(self, data):
+        """AllInOneModel's feed_data, plus a clear error for labels the CLIP has no prompt for."""
+        super().feed_data(data)
+        if self.net_clip is not None and self.deg_label is not None:
+            self.net_clip.check_labels(self.deg_label, where=f' (batch {self.batch_paths})')
+
+    def condition(self, lq):
+        """`(degradation_vector,)`: the frozen CLIP's adapted image embedding (B, D), or `(None,)` without a CLIP."""
+        if self.net_clip is None:
+            return (None, )
+        with torch.no_grad():
+            return (self.net_clip.embed(lq), )
+
+    def degradation_probabilities(self, lq):
+        """The CLIP's probabilities over its prompts (B, n), or None without a CLIP."""
+        if self.net_clip is None:
+            return None
+        with torch.no_grad():
+            return self.net_clip.classify(lq)

@@ -103,10 +103,32 @@ def merge_runs(folders):
     return runs, experiments
 
 
+def input_quality(runs, dataset):
+    """(PSNR, SSIM) of the degraded inputs against the ground truth, from the images a test run saved."""
+    import cv2
+
+    from vlu_plugin.metrics.paper_metric import calculate_psnr_float, calculate_ssim_float
+    for run in runs.values():
+        lq_paths = sorted(glob.glob(osp.join(run.folder, 'visualization', dataset, '*_lq.png')))
+        pairs = [(p, p[:-len('_lq.png')] + '_gt.png') for p in lq_paths]
+        pairs = [(lq, gt) for lq, gt in pairs if osp.isfile(gt)]
+        if pairs:
+            read = [[cv2.imread(p)[..., ::-1] / 255.0 for p in pair] for pair in pairs]
+            return (float(np.mean([calculate_psnr_float(lq, gt) for lq, gt in read])),
+                    float(np.mean([calculate_ssim_float(lq, gt) for lq, gt in read])))
+    return float('nan'), float('nan')
+
+
 def table(runs, metrics=('psnr', 'ssim')):
-    """Rows of (label, [(psnr, ssim) per set], (avg psnr, avg ssim)) over the union of the runs' sets."""
+    """Rows of (label, [(psnr, ssim) per set], (avg psnr, avg ssim)) over the union of the runs' sets.
+
+    A first row, 'degraded input', scores the inputs themselves when a test run saved them.
+    """
     datasets = list(OrderedDict.fromkeys(d for run in runs.values() for d in run.datasets))
     rows = []
+    inputs = [input_quality(runs, d) for d in datasets]
+    if not all(math.isnan(c[0]) for c in inputs):
+        rows.append(('degraded input', inputs, tuple(float(np.nanmean([c[i] for c in inputs])) for i in range(2))))
     for label, run in runs.items():
         cells = [tuple(run.metric(d, m) for m in metrics) for d in datasets]
         average = tuple(float(np.nanmean([c[i] for c in cells])) if cells else float('nan')
@@ -116,7 +138,7 @@ def table(runs, metrics=('psnr', 'ssim')):
 
 
 def _best(rows, column, index):
-    values = [(r[1] + [r[2]])[column][index] for r in rows]
+    values = [(r[1] + [r[2]])[column][index] for r in rows if r[0] != 'degraded input']
     finite = [v for v in values if not math.isnan(v)]
     return max(finite) if finite else None
 
@@ -129,7 +151,7 @@ def format_table(datasets, rows, markdown=True):
         out = [label]
         for column, cell in enumerate(cells + [average]):
             text = f'{cell[0]:.2f}/{cell[1]:.4f}'
-            best = _best(rows, column, 0) == cell[0] and len(rows) > 1
+            best = label != 'degraded input' and _best(rows, column, 0) == cell[0] and len(rows) > 1
             out.append((f'**{text}**' if markdown else f'{text}*') if best else text)
         lines.append(out)
     if markdown:

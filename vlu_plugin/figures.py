@@ -105,8 +105,9 @@ def confusion(runs, path, class_names=None):
     run = next((r for r in runs.values() if r.predictions), None)
     if run is None:
         return False
-    last = max(int(p['iter']) for p in run.predictions)
-    rows = [p for p in run.predictions if int(p['iter']) == last]
+    from vlu_plugin.report import iteration
+    last = max(iteration(p['iter']) for p in run.predictions)
+    rows = [p for p in run.predictions if iteration(p['iter']) == last]
     names = class_names or PROMPTS
     n = max(len(names), 1 + max(max(int(p['label']), int(p['predicted'])) for p in rows))
     matrix = np.zeros((n, n))

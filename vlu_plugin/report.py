@@ -7,6 +7,7 @@ last, best per column marked), `results.csv`, `comparison.png`, `curves.png` and
 """
 import csv
 import glob
+import json
 import math
 import os
 import os.path as osp
@@ -33,6 +34,11 @@ def _options(folder):
         return yaml.safe_load(f) or {}
 
 
+def iteration(value):
+    """A record's iteration: its number during training, +inf for a test run (BasicSR passes the run's name)."""
+    return int(value) if str(value).lstrip('-').isdigit() else math.inf
+
+
 def _read_csv(path):
     if not osp.isfile(path):
         return []
@@ -47,15 +53,18 @@ class Run:
         self.folder = folder
         if not osp.isdir(folder):
             raise FileNotFoundError(f'not a folder: {folder}')
+        info_path = osp.join(folder, 'run.json')
+        info = json.load(open(info_path)) if osp.isfile(info_path) else {}
         opt = _options(folder)
-        self.label = (opt.get('network_g') or {}).get('type') or osp.basename(osp.normpath(folder))
+        self.label = (info.get('network') or (opt.get('network_g') or {}).get('type')
+                      or osp.basename(osp.normpath(folder)))
         rows = _read_csv(osp.join(folder, 'metrics.csv'))
         if not rows:
             raise FileNotFoundError(f'{folder}: no metrics.csv (run validation or `vlu test` with val.metrics)')
         self.history = defaultdict(dict)  # iter → {(dataset, metric): value}
         self.datasets = list(OrderedDict.fromkeys(r['dataset'] for r in rows))
         for r in rows:
-            self.history[int(r['iter'])][(r['dataset'], r['metric'])] = float(r['value'])
+            self.history[iteration(r['iter'])][(r['dataset'], r['metric'])] = float(r['value'])
         self.final = {}
         for it in sorted(self.history):  # later validations overwrite earlier ones
             self.final.update(self.history[it])
@@ -83,7 +92,7 @@ class Run:
     def validation_curve(self, metric='psnr'):
         """(iterations, mean of `metric` over the sets) across the validations of a run."""
         points = []
-        for it in sorted(self.history):
+        for it in sorted(k for k in self.history if k != math.inf):
             values = [v for (_, m), v in self.history[it].items() if m == metric]
             if values:
                 points.append((it, float(np.mean(values))))

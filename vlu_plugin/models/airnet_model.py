@@ -28,6 +28,14 @@ class AirNetModel(AllInOneModel):
         self.cri_warmup = InfoNCELoss(loss_weight=1.0)  # the release's warm-up is plain cross-entropy
         super().init_training_settings()
 
+    def setup_optimizers(self):
+        """One optimizer over the trainable parameters; the momentum key encoder is updated by MoCo, not here."""
+        train_opt = self.opt['train']
+        params = [p for p in self.net_g.parameters() if p.requires_grad]
+        optim_type = train_opt['optim_g'].pop('type')
+        self.optimizer_g = self.get_optimizer(optim_type, params, **train_opt['optim_g'])
+        self.optimizers.append(self.optimizer_g)
+
     def feed_data(self, data):
         super().feed_data(data)
         self.lq_key = data['lq_key'].to(self.device) if 'lq_key' in data else None

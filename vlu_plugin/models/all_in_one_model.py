@@ -11,6 +11,7 @@
 PromptIR trains with this model as it is (plain L1).
 """
 import csv
+import json
 import math
 import os
 import os.path as osp
@@ -116,6 +117,16 @@ class AllInOneModel(SRModel):
         self.best_metric_results[dataset_name].setdefault(self.ACCURACY_METRIC,
                                                           dict(better='higher', val=float('-inf'), iter=-1))
 
+    def _write_run_info(self, records):
+        """run.json: what produced the records (reports label runs with it)."""
+        path = osp.join(records, 'run.json')
+        if not osp.exists(path):
+            info = {'name': self.opt['name'], 'model_type': self.opt['model_type'],
+                    'network': self.opt.get('network_g', {}).get('type')}
+            os.makedirs(records, exist_ok=True)
+            with open(path, 'w') as f:
+                json.dump(info, f)
+
     def _records_dir(self):
         return self.opt['path']['experiments_root' if self.opt['is_train'] else 'results_root']
 
@@ -186,6 +197,7 @@ class AllInOneModel(SRModel):
             self._update_best_metric_result(dataset_name, name, value, current_iter)
         self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
         records = self._records_dir()
+        self._write_run_info(records)
         append_csv(osp.join(records, 'metrics.csv'), ('iter', 'dataset', 'metric', 'value'),
                    [(current_iter, dataset_name, k, f'{v:.6f}') for k, v in self.metric_results.items()
                     if not math.isnan(v)])

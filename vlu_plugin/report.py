@@ -59,7 +59,8 @@ class Run:
         self.label = (info.get('network') or (opt.get('network_g') or {}).get('type')
                       or osp.basename(osp.normpath(folder)))
         rows = _read_csv(osp.join(folder, 'metrics.csv'))
-        if not rows:
+        self.is_experiment = bool(glob.glob(osp.join(folder, 'train_*.log')))
+        if not rows and not self.is_experiment:
             raise FileNotFoundError(f'{folder}: no metrics.csv (run validation or `vlu test` with val.metrics)')
         self.history = defaultdict(dict)  # iter → {(dataset, metric): value}
         self.datasets = list(OrderedDict.fromkeys(r['dataset'] for r in rows))
@@ -69,7 +70,6 @@ class Run:
         for it in sorted(self.history):  # later validations overwrite earlier ones
             self.final.update(self.history[it])
         self.predictions = _read_csv(osp.join(folder, 'degradation_predictions.csv'))
-        self.is_experiment = bool(glob.glob(osp.join(folder, 'train_*.log')))
 
     def metric(self, dataset, name):
         """The final value of `name` on `dataset` (nan when absent)."""
@@ -107,7 +107,7 @@ def merge_runs(folders):
         run = Run(folder)
         if run.is_experiment:
             experiments[run.label] = run
-        if run.label not in runs or not run.is_experiment:
+        if run.datasets and (run.label not in runs or not run.is_experiment):
             runs[run.label] = run
     return runs, experiments
 

@@ -25,7 +25,8 @@ def add_parser(subparsers):
     parser.add_argument('--iters', type=int, default=None, help='training iterations per restoration model '
                         '(default 300; 20 with --quick)')
     parser.add_argument('--clip-iters', type=int, default=None, help='CLIP fine-tuning iterations (default 600)')
-    parser.add_argument('--quick', action='store_true', help='a small benchmark and short runs (< 3 minutes)')
+    parser.add_argument('--quick', action='store_true', help='a small benchmark of 64-px crops and short runs '
+                        '(< 3 minutes)')
     parser.add_argument('--force', action='store_true', help='redo every stage')
     return 'demo'
 
@@ -128,6 +129,8 @@ def plan(args):
     clip_iters = args.clip_iters or (40 if args.quick else 600)
     clip = load_options('degradation_clip')
     clip['train']['total_iter'] = clip_iters
+    if args.quick:  # whole crops of the 64-px quick benchmark
+        clip['datasets']['train']['gt_size'] = 64
     clip['val']['val_freq'] = max(1, clip_iters // 2)
     clip['logger'].update(save_checkpoint_freq=clip_iters, print_freq=max(1, min(10, clip_iters // 10)))
     stages = [Stage('fine-tune the degradation CLIP', 'train', clip,
@@ -156,7 +159,8 @@ def run(args):
     stages, trained = plan(args)
     count = len(stages) + 2
     print(f'[1/{count}] embedded benchmark -> {out}/datasets/synthetic')
-    build_synthetic_benchmark(osp.join(out, 'datasets', 'synthetic'), quick=args.quick, force=args.force)
+    build_synthetic_benchmark(osp.join(out, 'datasets', 'synthetic'), size=64 if args.quick else 128, quick=args.quick,
+                              force=args.force)
     for index, stage in enumerate(stages, start=2):
         stage.run(out, args.force, index, count)
     print(f'[{count}/{count}] report')

@@ -6,6 +6,7 @@ first thing. `patch_basicsr()` runs after BasicSR is imported and fixes what 1.4
 - optimizers other than Adam (the release trains with AdamW);
 - distributed training without CUDA (gloo instead of nccl, DDP without device ids);
 - checkpoints and training states written atomically, and loaded with `weights_only=True`;
+- an unknown key in a network block names the key and the allowed ones (not a bare TypeError);
 - exact resume (RNG states, skipping consumed batches; see `exact_resume`);
 - option files may share blocks: `datasets: !include ../_shared/5task_datasets.yml`.
 Each patch is applied once.
@@ -70,6 +71,30 @@ def load_resume_state(opt):
     from vlu_plugin import exact_resume
     exact_resume.remember_position(resume_state)
     return resume_state
+
+
+def build_network(opt):
+    """BasicSR's build_network, with a clear error for option keys the architecture does not take."""
+    import copy
+    import inspect
+
+    from basicsr.utils import get_root_logger
+    from basicsr.utils.registry import ARCH_REGISTRY
+    opt = copy.deepcopy(dict(opt))
+    network_type = opt.pop('type')
+    cls = ARCH_REGISTRY.get(network_type)
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        allowed = [name for name in params if name != 'self']
+        unknown = [key for key in opt if key not in allowed]
+        if unknown:
+            import difflib
+            hints = {k: difflib.get_close_matches(k, allowed, 1) for k in unknown}
+            said = ', '.join(f'{k!r}' + (f' (did you mean {hints[k][0]!r}?)' if hints[k] else '') for k in unknown)
+            raise ValueError(f'network {network_type}: unknown option {said}; allowed: {", ".join(allowed)}')
+    net = cls(**opt)
+    get_root_logger().info(f'Network [{net.__class__.__name__}] is created.')
+    return net
 
 
 def init_dist_pytorch(backend='nccl', **kwargs):
@@ -201,6 +226,9 @@ def patch_basicsr():
     options.ordered_yaml = ordered_yaml
 
     basicsr.train.load_resume_state = load_resume_state
+    import basicsr.archs
+    import basicsr.models.sr_model
+    basicsr.archs.build_network = basicsr.models.sr_model.build_network = build_network
     dist_util._init_dist_pytorch = init_dist_pytorch
     base_model.BaseModel.get_optimizer = get_optimizer
     base_model.BaseModel.model_to_device = model_to_device

@@ -44,11 +44,11 @@ class AirNetModel(AllInOneModel):
         """Whether `current_iter` (1-based) belongs to the encoder-only contrastive phase."""
         return current_iter <= self.encoder_warmup_iter
 
-    def optimize_parameters(self, current_iter):
+    def training_losses(self, current_iter):
+        """InfoNCE alone during the warm-up, then L1 on the query view + InfoNCE."""
         if self.lq_key is None:
             raise KeyError('AirNetModel needs a second view of each degraded image: set key_view: true in '
                            'datasets.train of the options')
-        self.optimizer_g.zero_grad()
         losses = OrderedDict()
         if self.in_warmup(current_iter):
             # the bare network: the restorer takes no part, so DDP's gradient bookkeeping is bypassed
@@ -59,10 +59,4 @@ class AirNetModel(AllInOneModel):
             losses.update(self.compute_losses())
             if self.cri_contrast:
                 losses['l_contrast'] = self.cri_contrast(logits, labels)
-        total = sum(losses.values())
-        self.check_finite(total, current_iter)
-        total.backward()
-        self.optimizer_g.step()
-        self.log_dict = self.reduce_loss_dict(losses)
-        if self.ema_decay > 0:
-            self.model_ema(decay=self.ema_decay)
+        return losses

@@ -91,10 +91,14 @@ class AllInOneModel(SRModel):
             raise FloatingPointError(f'non-finite loss {loss.item()} at iteration {current_iter}; batch: {paths}. '
                                      'The last checkpoint saved before this iteration is intact.')
 
+    def training_losses(self, current_iter):
+        """Run the network on the batch and return its losses (subclasses change what a step computes)."""
+        self.output = self.restore(self.net_g, self.lq)
+        return self.compute_losses()
+
     def optimize_parameters(self, current_iter):
         self.optimizer_g.zero_grad()
-        self.output = self.restore(self.net_g, self.lq)
-        losses = self.compute_losses()
+        losses = self.training_losses(current_iter)
         total = sum(losses.values())
         self.check_finite(total, current_iter)
         total.backward()

@@ -23,7 +23,7 @@ def add_parser(subparsers):
                                    'on the embedded benchmark, and report side by side')
     parser.add_argument('--out', default='runs/demo', help='working folder (experiments, results, report)')
     parser.add_argument('--iters', type=int, default=None, help='training iterations per restoration model '
-                        '(default 300; 20 with --quick)')
+                        '(default 120; 20 with --quick)')
     parser.add_argument('--clip-iters', type=int, default=None, help='CLIP fine-tuning iterations (default 600)')
     parser.add_argument('--quick', action='store_true', help='a small benchmark of 64-px crops and short runs '
                         '(< 3 minutes)')
@@ -61,7 +61,7 @@ def scale_schedule(opt, iters):
     train['warmup_iter'] = -1 if iters < 40 else max(1, iters // 20)
     if 'encoder_warmup_iter' in train:
         train['encoder_warmup_iter'] = max(1, iters // 10)  # AirNet: 10 % as in the release
-    opt['val']['val_freq'] = max(1, iters // 4)
+    opt['val']['val_freq'] = iters // 2 + 1  # once mid-run; BasicSR validates again after the last iteration
     opt['logger']['save_checkpoint_freq'] = max(1, iters // 3)
     opt['logger']['print_freq'] = max(1, min(10, iters // 10))
     return opt
@@ -125,7 +125,7 @@ class Stage:
 
 def plan(args):
     """The demo's stages, with option files resolved for this run."""
-    iters = args.iters or (20 if args.quick else 300)
+    iters = args.iters or (20 if args.quick else 120)
     clip_iters = args.clip_iters or (40 if args.quick else 600)
     clip = load_options('degradation_clip')
     clip['train']['total_iter'] = clip_iters

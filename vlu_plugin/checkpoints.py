@@ -7,6 +7,7 @@ is described once, as data: the prefix that holds the network, the keys it has b
 the renames to this package's module names.
 """
 import os
+import pickle
 import re
 
 import torch
@@ -89,6 +90,13 @@ def convert_official(arch_name, checkpoint):
     return converted
 
 
+def _is_torch_file(path):
+    """Whether `path` is shaped like a torch.save file: a zip archive, or a pickle (the legacy format)."""
+    import zipfile
+    with open(path, 'rb') as f:
+        return f.read(1) == b'\x80' or zipfile.is_zipfile(f)
+
+
 def load_checkpoint(path, trust=False, map_location='cpu'):
     """Load a `.pth`/`.ckpt`/`.safetensors` file without running pickled code unless `trust` is set."""
     path = os.fspath(path)
@@ -96,10 +104,19 @@ def load_checkpoint(path, trust=False, map_location='cpu'):
         raise FileNotFoundError(f'checkpoint not found: {path}')
     if path.endswith('.safetensors'):
         from safetensors.torch import load_file
-        return load_file(path, device=str(map_location))
+        try:
+            return load_file(path, device=str(map_location))
+        except Exception as error:  # SafetensorError names no file
+            raise ValueError(f'{path}: not a readable safetensors file (truncated or corrupt?): {error}') from None
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError (wrapped) for disallowed globals
+    except Exception as error:
+        # weights_only refuses pickled globals with an UnpicklingError, but says the same of bytes that are no
+        # pickle at all; a cut-short zip, a text or an empty file is damage that --trust would not cure
+        if not (isinstance(error, pickle.UnpicklingError) and _is_torch_file(path)):
+            first = (str(error).splitlines() or [''])[0]
+            raise ValueError(f'{path}: not a readable checkpoint (truncated, corrupt or not a PyTorch file): '
+                             f'{type(error).__name__}: {first}') from None
         if not trust:
             raise RuntimeError(
                 f'{path}: refusing to load: the file needs pickled Python objects beyond tensors '

@@ -220,8 +220,11 @@ class DegradationCLIP(nn.Module):
 
     def check_labels(self, labels, where=''):
         """Raise a clear error when a degradation label has no prompt (label order/count mismatch)."""
-        if labels is not None and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise ValueError(f'DegradationCLIP: degradation label {int(labels.max())} out of range for '
+        if labels is None or not labels.numel():
+            return
+        outside = labels[(labels < 0) | (labels >= self.num_classes)]
+        if outside.numel():
+            raise ValueError(f'DegradationCLIP: degradation label {int(outside[0])} out of range for '
                              f'{self.num_classes} prompts {self.prompts}{where}; the dataset\'s labels and the '
                              'CLIP\'s prompts must list the same degradations in the same order')
 

@@ -38,12 +38,14 @@ def decode_image(content, name):
     except cv2.error:
         img = None
     if img is None:
-        raise ValueError(f'unreadable image {name}: not a decodable image file')
+        raise ValueError(f'unreadable image {name}: not a decodable image file (corrupt, truncated or not an image)')
     if img.dtype == np.uint8:
         img = img.astype(np.float32) / 255.
     elif img.dtype == np.uint16:
         img = img.astype(np.float32) / 65535.
     elif img.dtype.kind == 'f':
+        if not np.isfinite(img).all():  # np.clip keeps NaN, which would reach the loss
+            raise ValueError(f'unreadable image {name}: it holds NaN or infinite pixel values')
         img = np.clip(img.astype(np.float32), 0, 1)
     else:
         raise ValueError(f'unreadable image {name}: unsupported pixel type {img.dtype}')
@@ -101,6 +103,9 @@ def _raw_size(path):
         return 50 * osp.getsize(path)
 
 
+_UNCHANGED = '; {} was not written or changed'
+
+
 def write_lmdb(data_root, rel_paths, keys, lmdb_path, overwrite=False):
     """Write images to a BasicSR LMDB atomically: built beside `lmdb_path`, renamed into place when complete."""
     lmdb_path = osp.abspath(lmdb_path)
@@ -113,7 +118,8 @@ def write_lmdb(data_root, rel_paths, keys, lmdb_path, overwrite=False):
     check_lmdb_keys(keys, rel_paths)
     for rel in rel_paths:
         if not cv2.haveImageReader(osp.join(data_root, rel)):
-            raise ValueError(f'unreadable image {osp.join(data_root, rel)}: not a decodable image file')
+            raise ValueError(f'unreadable image {osp.join(data_root, rel)}: not a decodable image file'
+                             f'{_UNCHANGED.format(lmdb_path)}')
     # explicit map_size: BasicSR's estimate from the first image overflows on small or uneven sets
     map_size = sum(_raw_size(osp.join(data_root, p)) for p in rel_paths) + 8192 * len(rel_paths) + (64 << 20)
     parent, name = osp.split(lmdb_path)
@@ -121,7 +127,17 @@ def write_lmdb(data_root, rel_paths, keys, lmdb_path, overwrite=False):
     tmp = osp.join(parent, f'.{name[:-5]}.partial-{os.getpid()}.lmdb')
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        make_lmdb_from_imgs(data_root, tmp, rel_paths, keys, map_size=map_size)
+        try:
+            make_lmdb_from_imgs(data_root, tmp, rel_paths, keys, map_size=map_size)
+        except Exception:
+            # BasicSR fails on an image it cannot decode (a cut-short PNG passes the header check above)
+            # with an AttributeError that names no file: find the file and name it
+            bad = next((rel for rel in rel_paths
+                        if cv2.imread(osp.join(data_root, rel), cv2.IMREAD_UNCHANGED) is None), None)
+            if bad is None:
+                raise
+            raise ValueError(f'unreadable image {osp.join(data_root, bad)}: not a decodable image file (corrupt, '
+                             f'truncated or not an image){_UNCHANGED.format(lmdb_path)}') from None
         if osp.exists(lmdb_path):
             shutil.rmtree(lmdb_path)
         os.rename(tmp, lmdb_path)

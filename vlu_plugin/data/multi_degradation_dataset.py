@@ -29,12 +29,38 @@ _LMDB_CLIENTS = {}  # (pid, folder) -> FileClient: py-lmdb refuses a second open
 # and a handle must not cross a fork, so datasets of one process share them and each worker opens its own
 
 
+def _open_lmdb(folder):
+    """A read-only BasicSR FileClient of `folder`, refused (and closed) when its data file is cut short."""
+    import lmdb
+    try:
+        client = FileClient('lmdb', db_paths=[folder], client_keys=['default'], readonly=True, lock=False,
+                            readahead=False)
+    except lmdb.Error as err:
+        raise ValueError(f'LMDB {folder}: cannot open its data.mdb ({err}); rebuild it (vlu prepare lmdb)') from None
+    env = client.client._client['default']
+    # A data.mdb shorter than its own page count (an interrupted copy) is memory-mapped past its end, and the
+    # first read there kills the process with SIGBUS instead of raising: compare the sizes before any read.
+    needed = (env.info()['last_pgno'] + 1) * env.stat()['psize']
+    size = osp.getsize(osp.join(folder, 'data.mdb'))
+    if size < needed:
+        env.close()
+        raise ValueError(f'LMDB {folder}: data.mdb is truncated ({size} bytes, its pages need {needed}); '
+                         'copy it again or rebuild it (vlu prepare lmdb)')
+    return client
+
+
+def check_lmdb(folder):
+    """Raise naming `folder` if its data.mdb cannot be opened or is cut short; leaves nothing open."""
+    if (os.getpid(), osp.abspath(folder)) not in _LMDB_CLIENTS:  # already open here: already checked
+        # closed again: a handle opened before DataLoader workers fork would stop them opening their own
+        _open_lmdb(folder).client._client['default'].close()
+
+
 def lmdb_client(folder):
-    """The process's read-only BasicSR FileClient of the LMDB `folder`, opened on first use."""
+    """The process's read-only BasicSR FileClient of the LMDB `folder`, opened (and checked) on first use."""
     key = (os.getpid(), osp.abspath(folder))
     if key not in _LMDB_CLIENTS:
-        _LMDB_CLIENTS[key] = FileClient('lmdb', db_paths=[folder], client_keys=['default'],
-                                        readonly=True, lock=False, readahead=False)
+        _LMDB_CLIENTS[key] = _open_lmdb(folder)
     return _LMDB_CLIENTS[key]
 
 
@@ -70,7 +96,13 @@ def find_task_pairs(task, spec, default_backend):
         return read_pair_list(spec['meta_info_file'], spec.get('root')), backend, spec['meta_info_file']
     if spec.get('dataroot_gt'):
         gt = spec['dataroot_gt']
-        found = find_folder_pairs(spec['dataroot_lq'], gt) if spec.get('dataroot_lq') else _list_folder(gt)
+        if not spec.get('dataroot_lq'):
+            return _list_folder(gt), backend, gt
+        found = find_folder_pairs(spec['dataroot_lq'], gt)
+        if found.unused and not found.missing:  # two folders of pairs: a lone clean image is a missing degraded one
+            more = f' (and {len(found.unused) - 1} more)' if len(found.unused) > 1 else ''
+            raise FileNotFoundError(f'task {task.name!r}: clean image {found.unused[0]} has no degraded partner'
+                                    f'{more} in {spec["dataroot_lq"]}')
         return found, backend, gt
     if spec.get('dataroot_lq'):
         raise ValueError(f'task {task.name!r}: dataroot_lq {spec["dataroot_lq"]} needs a dataroot_gt beside it')
@@ -128,6 +160,8 @@ class MultiDegradationDataset(data.Dataset):
             lmdb = {'gt': spec['dataroot_gt']}
             if not all(synthesised):
                 lmdb['lq'] = spec['dataroot_lq']
+            for folder in lmdb.values():
+                check_lmdb(folder)
         return TaskData(task, found.pairs, backend, where, sigma, quantize, lmdb)
 
     def _repeats(self, resolved):
@@ -168,6 +202,9 @@ class MultiDegradationDataset(data.Dataset):
         """Decode one image of task `td` as float32 RGB; errors name the file."""
         if td.backend == 'lmdb':
             content = lmdb_client(td.lmdb[role]).get(ref, 'default')
+            if content is None:
+                raise FileNotFoundError(f'LMDB {td.lmdb[role]} has no key {ref!r}, though its meta_info.txt lists '
+                                        'it; the LMDB is damaged: rebuild it (vlu prepare lmdb)')
         else:
             try:
                 content = DISK.get(ref)

@@ -116,10 +116,26 @@ def read_pair_list(list_file, root=None):
             paths = [resolve(p) for p in parts]
             for path in paths:
                 if not osp.isfile(path):
-                    role = 'clean partner' if path is paths[-1] and len(paths) == 2 else 'image'
+                    role = ('image' if len(paths) == 1 else
+                            'clean partner' if path is paths[1] else 'degraded partner')
                     raise FileNotFoundError(f'{list_file} line {number}: {role} {path} does not exist')
             found.pairs.append((paths[0], paths[1]) if len(paths) == 2 else (None, paths[0]))
     return found
+
+
+# a line of BasicSR's LMDB meta_info.txt: `<key>.<ext> (h,w,c) <compression level>`
+META_INFO_LINE = re.compile(r'[^.\s][^.]*\.\w+ \(\d+, ?\d+, ?\d+\) \d+')
+
+
+def check_meta_info(folder):
+    """Raise naming the LMDB's meta_info.txt and the line when a line is not BasicSR's `key.png (h,w,c) level`."""
+    path = osp.join(folder, 'meta_info.txt')
+    with open(path, encoding='utf-8', errors='replace') as f:
+        for number, line in enumerate(f, 1):
+            # paths_from_lmdb keys each line by what precedes its first dot: anything else gives a key not in the LMDB
+            if not META_INFO_LINE.fullmatch(line.rstrip('\r\n')):
+                raise ValueError(f'{path} line {number}: expected "<key>.png (h,w,c) <level>" as BasicSR writes it, '
+                                 f'got {line.rstrip()!r}; the LMDB is damaged: rebuild it (vlu prepare lmdb)')
 
 
 def find_lmdb_pairs(lq_lmdb, gt_lmdb):
@@ -127,6 +143,8 @@ def find_lmdb_pairs(lq_lmdb, gt_lmdb):
     for folder in (gt_lmdb, lq_lmdb):
         if folder is not None and not osp.isfile(osp.join(folder, 'meta_info.txt')):
             raise FileNotFoundError(f'LMDB {folder} does not exist or has no meta_info.txt')
+        if folder is not None:
+            check_meta_info(folder)
     gt_keys = paths_from_lmdb(gt_lmdb)
     if lq_lmdb is None:
         return Pairs(pairs=[(None, key) for key in gt_keys])

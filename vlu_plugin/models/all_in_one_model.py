@@ -66,6 +66,16 @@ class AllInOneModel(SRModel):
         """Per-degradation probabilities (B, n) from the model's classifier, or None if it has none."""
         return None
 
+    def load_network(self, net, load_path, strict=True, param_key='params'):
+        """BasicSR's load_network, with errors that name the file (torch's own say 'the checkpoint' only)."""
+        try:
+            super().load_network(net, load_path, strict, param_key)
+        except FileNotFoundError:
+            raise  # names the file already
+        except Exception as error:
+            raise RuntimeError(f'cannot load {load_path} into {type(self.get_bare_model(net)).__name__} '
+                               f'(path.pretrain_network_*): {type(error).__name__}: {error}') from error
+
     def feed_data(self, data):
         super().feed_data(data)
         self.deg_label = data['deg_label'].to(self.device) if 'deg_label' in data else None

@@ -310,7 +310,7 @@ def test_bad_input_misspelled_degradation_clip_key(tmp_path, clip_file):
 
 
 def test_bad_input_unknown_arch_type(tmp_path):
-    with pytest.raises(KeyError, match=r"No object named 'VLUNett' found in 'arch' registry"):
+    with pytest.raises(KeyError, match=r"unknown network type 'VLUNett'; registered: .*PromptIR.*VLUNet"):
         build_network({'type': 'VLUNett', 'dim': 12})
     opt = model_options(tmp_path)
     opt['network_g'] = dict(NET, type='PromptIRR')

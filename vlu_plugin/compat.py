@@ -82,6 +82,8 @@ def build_network(opt):
     from basicsr.utils.registry import ARCH_REGISTRY
     opt = copy.deepcopy(dict(opt))
     network_type = opt.pop('type')
+    if network_type not in ARCH_REGISTRY:
+        raise KeyError(f'unknown network type {network_type!r}; registered: {", ".join(sorted(ARCH_REGISTRY.keys()))}')
     cls = ARCH_REGISTRY.get(network_type)
     params = inspect.signature(cls.__init__).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):

@@ -109,7 +109,7 @@ class Stage:
                                     env=dict(os.environ, PYTHONUNBUFFERED='1'))
             for line in proc.stdout:
                 log.write(line)
-                match = re.search(r'iter:\s*([\d,]+)', line)
+                match = re.search(r'\biter:\s*([\d,]+)', line)  # not total_iter: in the options dump
                 if self.total and match:
                     bar.update(min(self.total, int(match.group(1).replace(',', ''))) - bar.n)
                 elif not self.total and 'Validation' in line:

@@ -3,11 +3,20 @@
 Module and parameter names follow Restormer (`qkv`, `qkv_dwconv`, `project_out`, `temperature`, ...)
 so the authors' checkpoints map onto them; the one difference, LayerNorm's weight living directly
 on the module instead of in a `body` child, is mapped in `vlu_plugin.checkpoints`.
-Tensors stay in (B, C, H, W) throughout: no to-3d/to-4d round trips.
+
+Speed without changing values (measured on CPU, `vlu bench --reference-vlunet`): tensors are (B, C, H, W)
+in channels_last memory, so LayerNorm is torch's fused kernel on a (B, H, W, C) view, 1×1 convolutions
+are one matrix product each (`pointwise`), depthwise convolutions run in their fast layout, the channel
+attention has a hand-written backward that keeps gradients in that layout, and GDFN computes its gate
+and value halves separately at aligned widths. Every block also accepts ordinary contiguous tensors.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
+
+ALIGN = 16  # floats per AVX-512 register: channel counts that are multiples of it vectorise fully
+EPS = 1e-12  # F.normalize's
 
 
 class ChannelLayerNorm(nn.Module):
@@ -20,11 +29,12 @@ class ChannelLayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=0)
+        x = x.permute(0, 2, 3, 1)  # (B, H, W, C): a view, not a copy, of a channels_last tensor
         if self.bias is None:  # BiasFree scales without centring, as Restormer does.
-            return x * torch.rsqrt(var + self.eps) * self.weight[:, None, None]
-        return torch.addcmul(self.bias[:, None, None], (x - mean) * torch.rsqrt(var + self.eps),
-                             self.weight[:, None, None])
+            out = x * torch.rsqrt(x.var(-1, keepdim=True, correction=0) + self.eps) * self.weight
+        else:
+            out = F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+        return out.permute(0, 3, 1, 2)
 
 
 def layer_norm(dim, layer_norm_type):
@@ -34,22 +44,108 @@ def layer_norm(dim, layer_norm_type):
     return ChannelLayerNorm(dim, bias=layer_norm_type == 'WithBias')
 
 
-def channel_attention(q, k, v, temperature):
-    """Transposed attention over channels: softmax(norm(q)·norm(k)ᵀ·τ)·v, per head.
+def pointwise(conv, x):
+    """A 1×1 `conv` applied as one matrix product over the channels (channels_last in, channels_last out).
 
-    q, k, v are (B, heads, C/heads, HW); the attention map is (C/heads × C/heads), so memory grows
-    linearly with the number of pixels.
+    The module stays an nn.Conv2d so that checkpoints keep their keys and shapes.
     """
-    q = F.normalize(q, dim=-1)
-    k = F.normalize(k, dim=-1)
-    attn = torch.softmax((q @ k.transpose(-2, -1)) * temperature, dim=-1)
-    return attn @ v
+    out = F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias)
+    return out.permute(0, 3, 1, 2)
+
+
+def _rows(t, start, stop, padded=None):
+    """Rows start:stop of a weight or bias (None stays None), zero-padded to `padded` rows if given."""
+    if t is None:
+        return None
+    rows = t[start:stop]
+    if padded is not None and padded > stop - start:
+        rows = torch.cat([rows, rows.new_zeros((padded - (stop - start), ) + rows.shape[1:])])
+    return rows
+
+
+def pointwise_dwconv(project, dwconv, x, start, stop, padded=None):
+    """Channels start:stop of `dwconv(project(x))` (a 1×1 conv, then a depthwise 3×3), computed on their own.
+
+    GDFN chunks one wide 1×1 + depthwise output into gate and value. Computing each half separately
+    gives it its own dense channels_last tensor: no strided slices forward (GELU vectorises fully), no
+    concatenation of the halves' gradients backward. `padded` appends zero channels (see GDFN). (For
+    MDTA's q/k/v, three narrower matrix products cost more than the concatenation saves: measured.)
+    """
+    hidden = F.linear(x.permute(0, 2, 3, 1), _rows(project.weight.flatten(1), start, stop, padded),
+                      _rows(project.bias, start, stop, padded)).permute(0, 3, 1, 2)
+    weight = _rows(dwconv.weight, start, stop, padded)
+    return F.conv2d(hidden, weight, _rows(dwconv.bias, start, stop, padded), padding=1, groups=weight.shape[0])
+
+
+def channels_last(x):
+    """`x` in channels_last memory format, the layout every block here runs fastest in on CPU and GPU."""
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def split_heads(x, num_heads):
-    """(B, C, H, W) → (B, heads, C/heads, H·W), a view."""
+    """(B, C, H, W) → (B, heads, C/heads, H·W); a view for NCHW and channels_last tensors alike."""
     b, c, h, w = x.shape
     return x.reshape(b, num_heads, c // num_heads, h * w)
+
+
+def _heads_to_channels_last(t, shape):
+    """(B, heads, HW, C/heads) → (B, C, H, W) in channels_last format (a view for one head)."""
+    b, c, h, w = shape
+    return t.transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2)
+
+
+class _ChannelAttention(torch.autograd.Function):
+    """softmax(norm(q)·norm(k)ᵀ·τ)·v per head, with a hand-written backward (see `channel_attention`)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, temperature, num_heads):
+        shape = v.shape
+        q, k, v = (split_heads(t, num_heads) for t in (q, k, v))
+        q_norm = torch.linalg.vector_norm(q, dim=-1, keepdim=True)
+        k_norm = torch.linalg.vector_norm(k, dim=-1, keepdim=True)
+        # normalize(q)·normalize(k)ᵀ = (q·kᵀ) / (|q|·|k|ᵀ): scale the small map, not q and k
+        scale = q_norm.clamp_min(EPS) * k_norm.clamp_min(EPS).transpose(-2, -1)
+        cosine = (q @ k.transpose(-2, -1)) / scale
+        attn = torch.softmax(cosine * temperature, dim=-1)
+        ctx.save_for_backward(q, k, v, temperature, attn, cosine, scale, q_norm, k_norm)
+        ctx.shape = shape
+        # (attn·v)ᵀ = vᵀ·attnᵀ comes out pixel-major, i.e. channels_last
+        return _heads_to_channels_last(v.transpose(-2, -1) @ attn.transpose(-2, -1), shape)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        q, k, v, temperature, attn, cosine, scale, q_norm, k_norm = ctx.saved_tensors
+        grad_out = split_heads(grad_out, q.shape[1])
+        # every large gradient is computed transposed so that it comes out pixel-major
+        grad_v = grad_out.transpose(-2, -1) @ attn
+        grad_attn = grad_out @ v.transpose(-2, -1)
+        grad_logits = attn * (grad_attn - (grad_attn * attn).sum(-1, keepdim=True))
+        grad_temperature = (grad_logits * cosine).sum(dim=(0, 2, 3)).reshape(temperature.shape)
+        grad_cosine = grad_logits * temperature
+        grad_qk = grad_cosine / scale  # w.r.t. the raw q·kᵀ
+        # through |q| and |k|: −(Σ_j g_ij·cos_ij)/|q_i|² · q_i (nothing where a norm was clamped)
+        weighted = grad_cosine * cosine
+        q_coef = -weighted.sum(-1, keepdim=True) / q_norm.clamp_min(EPS)**2 * (q_norm >= EPS)
+        k_coef = -weighted.sum(-2, keepdim=True).transpose(-2, -1) / k_norm.clamp_min(EPS)**2 * (k_norm >= EPS)
+        grad_q = (k.transpose(-2, -1) @ grad_qk.transpose(-2, -1)).addcmul_(q.transpose(-2, -1),
+                                                                             q_coef.transpose(-2, -1))
+        grad_k = (q.transpose(-2, -1) @ grad_qk).addcmul_(k.transpose(-2, -1), k_coef.transpose(-2, -1))
+        shape = ctx.shape
+        return (_heads_to_channels_last(grad_q, shape), _heads_to_channels_last(grad_k, shape),
+                _heads_to_channels_last(grad_v, shape), grad_temperature, None)
+
+
+def channel_attention(q, k, v, temperature, num_heads):
+    """Transposed attention over channels: softmax(norm(q)·norm(k)ᵀ·τ)·v, per head.
+
+    q, k, v are (B, C, H, W) (views into one convolution's output are fine); the attention map is
+    (C/heads × C/heads) per head, so memory grows linearly with the number of pixels. Returns
+    (B, C, H, W) in channels_last format. The backward is written out so that the gradients of q, k
+    and v come out channels_last too (autograd's would be channel-major, which the depthwise conv's
+    backward then has to transpose) and only q, k, v (views) and the small maps are kept for it.
+    """
+    return _ChannelAttention.apply(q, k, v, temperature, num_heads)
 
 
 class MDTA(nn.Module):
@@ -64,10 +160,8 @@ class MDTA(nn.Module):
         self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
 
     def forward(self, x):
-        q, k, v = self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1)
-        out = channel_attention(split_heads(q, self.num_heads), split_heads(k, self.num_heads),
-                                split_heads(v, self.num_heads), self.temperature)
-        return self.project_out(out.reshape(x.shape))
+        q, k, v = self.qkv_dwconv(pointwise(self.qkv, x)).chunk(3, dim=1)
+        return pointwise(self.project_out, channel_attention(q, k, v, self.temperature, self.num_heads))
 
 
 class GDFN(nn.Module):
@@ -79,10 +173,24 @@ class GDFN(nn.Module):
         self.project_in = nn.Conv2d(dim, hidden * 2, kernel_size=1, bias=bias)
         self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, kernel_size=3, padding=1, groups=hidden * 2, bias=bias)
         self.project_out = nn.Conv2d(hidden, dim, kernel_size=1, bias=bias)
+        self.hidden = hidden
+        # Each half runs at a multiple of 16 channels (zero weights in the padding, so the values are
+        # unchanged): hidden widths like 255 leave every pixel's row unaligned in the channels_last
+        # layout, which makes the matrix products and GELU markedly slower.
+        self.padded = -(-hidden // ALIGN) * ALIGN
 
     def forward(self, x):
-        gate, value = self.dwconv(self.project_in(x)).chunk(2, dim=1)
-        return self.project_out(F.gelu(gate) * value)
+        h, padded = self.hidden, self.padded
+        gate = pointwise_dwconv(self.project_in, self.dwconv, x, 0, h, padded)
+        if torch.is_grad_enabled() and gate.requires_grad:
+            act = F.gelu(gate) * pointwise_dwconv(self.project_in, self.dwconv, x, h, 2 * h, padded)
+        else:  # inference: gate in place, so the two halves are the only wide buffers (the memory peak)
+            act = torch.ops.aten.gelu_(gate).mul_(pointwise_dwconv(self.project_in, self.dwconv, x, h, 2 * h, padded))
+        w_out = self.project_out.weight.flatten(1)
+        if padded > h:
+            w_out = torch.cat([w_out, w_out.new_zeros(w_out.shape[0], padded - h)], dim=1)
+        out = F.linear(act.permute(0, 2, 3, 1), w_out, self.project_out.bias)
+        return out.permute(0, 3, 1, 2)
 
 
 class TransformerBlock(nn.Module):

@@ -16,7 +16,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 from vlu_plugin.archs.restormer_blocks import (MDTA, Downsample, OverlapPatchEmbed, Upsample, channel_attention,
-                                               pad_to_multiple, split_heads, transformer_stack)
+                                               channels_last, pad_to_multiple, pointwise, transformer_stack)
 
 
 class PromptCrossAttention(nn.Module):
@@ -33,11 +33,9 @@ class PromptCrossAttention(nn.Module):
         self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
 
     def forward(self, x, prompt):
-        q, v = self.qv_dwconv(self.qv(x)).chunk(2, dim=1)
-        k = self.k_dwconv(self.k(prompt))
-        heads = self.num_heads
-        out = channel_attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads), self.temperature)
-        return self.project_out(out.reshape(x.shape))
+        q, v = self.qv_dwconv(pointwise(self.qv, x)).chunk(2, dim=1)
+        k = self.k_dwconv(pointwise(self.k, prompt))
+        return pointwise(self.project_out, channel_attention(q, k, v, self.temperature, self.num_heads))
 
 
 class GradientDescentModule(nn.Module):
@@ -68,6 +66,7 @@ class GradientDescentModule(nn.Module):
         de_dim, channels, height, width = self.prompt_bank.shape
         # One (B, D) × (D, C·H·W) product instead of copying the bank for every sample.
         mixed = (weights @ self.prompt_bank.reshape(de_dim, -1)).reshape(-1, channels, height, width)
+        mixed = channels_last(mixed)  # the layout of the features it meets (see VLUNet.forward)
         if (height, width) != tuple(size):
             mixed = F.interpolate(mixed, size=size, mode='bilinear', align_corners=False)
         return mixed
@@ -163,9 +162,13 @@ class VLUNet(nn.Module):
         self.check_degradation_vector(lq, degradation_vector)
         v = degradation_vector
         inp, (h, w) = pad_to_multiple(lq, 8)
+        inp = channels_last(inp)  # from here on: every block runs fastest in it (see restormer_blocks)
 
+        # `del`: maps are dropped as soon as they are dead, which lowers the inference peak on large
+        # tiles (at 512×512 every full-resolution map is 48–96 MiB); training keeps what autograd needs.
         x1, y1 = self.patch_embed(inp), self.patch_embed_y(inp)
         enc1 = self.encoder_level1(x1, y1, v)
+        del x1
         y2 = self.down1_2(y1)
         enc2 = self.encoder_level2(self.down1_2(enc1), y2, v)
         y3 = self.down2_3_y(y2)
@@ -173,14 +176,18 @@ class VLUNet(nn.Module):
         y4 = self.down3_4_y(y3)
         latent = self.latent(self.down3_4(enc3), y4, v)
 
-        dec3_y = self.reduce_chan_level3_y(torch.cat([self.up4_3_y(y4), y3], 1))
-        dec3 = self.reduce_chan_level3(torch.cat([self.up4_3(latent), enc3], 1))
+        dec3_y = pointwise(self.reduce_chan_level3_y, torch.cat([self.up4_3_y(y4), y3], 1))
+        dec3 = pointwise(self.reduce_chan_level3, torch.cat([self.up4_3(latent), enc3], 1))
+        del y4, latent, y3, enc3
         dec3 = self.decoder_level3(dec3, dec3_y, v)
-        dec2_y = self.reduce_chan_level2_y(torch.cat([self.up3_2_y(dec3_y), y2], 1))
-        dec2 = self.reduce_chan_level2(torch.cat([self.up3_2(dec3), enc2], 1))
+        dec2_y = pointwise(self.reduce_chan_level2_y, torch.cat([self.up3_2_y(dec3_y), y2], 1))
+        dec2 = pointwise(self.reduce_chan_level2, torch.cat([self.up3_2(dec3), enc2], 1))
+        del dec3_y, dec3, y2, enc2
         dec2 = self.decoder_level2(dec2, dec2_y, v)
         dec1_y = torch.cat([self.up2_1_y(dec2_y), y1], 1)
-        dec1 = self.decoder_level1(torch.cat([self.up2_1(dec2), enc1], 1), dec1_y, v)
+        dec1 = torch.cat([self.up2_1(dec2), enc1], 1)
+        del dec2_y, y1, dec2, enc1
+        dec1 = self.decoder_level1(dec1, dec1_y, v)
         out = self.refinement(dec1, dec1_y, v)
 
-        return (self.output(out) + inp)[..., :h, :w]
+        return (self.output(out) + inp)[..., :h, :w].contiguous()

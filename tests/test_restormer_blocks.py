@@ -1,0 +1,76 @@
+"""The fast Restormer blocks against plain reference formulas: values, gradients, both memory layouts."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vlu_plugin.archs.restormer_blocks import GDFN, channel_attention, channels_last, layer_norm
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a busy 2-core machine two OpenMP threads mostly wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def reference_attention(q, k, v, temperature, heads):
+    """Restormer's channel attention written the obvious way (F.normalize, autograd backward)."""
+    b, c, h, w = v.shape
+    q, k, v = (t.reshape(b, heads, c // heads, h * w) for t in (q, k, v))
+    attn = torch.softmax(F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1) * temperature, dim=-1)
+    return (attn @ v).reshape(b, c, h, w)
+
+
+def reference_gdfn(ffn, x):
+    """GDFN without padding or splitting: one 1×1 conv, one depthwise conv, chunk, gate."""
+    gate, value = ffn.dwconv(ffn.project_in(x)).chunk(2, dim=1)
+    return ffn.project_out(F.gelu(gate) * value)
+
+
+@pytest.mark.parametrize('heads,layout', [(1, 'channels_last'), (2, 'channels_last'), (3, 'contiguous')])
+def test_channel_attention_values_and_hand_written_backward(heads, layout):
+    gen = torch.Generator().manual_seed(heads)
+    qkv = torch.randn(2, 3 * 6, 5, 4, dtype=torch.double, generator=gen)
+    qkv = channels_last(qkv) if layout == 'channels_last' else qkv.contiguous()
+    qkv.requires_grad_()
+    temperature = (torch.rand(heads, 1, 1, dtype=torch.double, generator=gen) + 0.5).requires_grad_()
+    ours = channel_attention(*qkv.chunk(3, dim=1), temperature, heads)
+    assert ours.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(ours, reference_attention(*qkv.chunk(3, dim=1), temperature, heads), atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x, t: channel_attention(*x.chunk(3, dim=1), t, heads), (qkv, temperature))
+
+
+@pytest.mark.parametrize('dim,bias', [(48, False), (20, True)])  # hidden 127 → padded to 128; 53 → 64
+def test_gdfn_padding_and_split_halves_change_nothing(dim, bias):
+    torch.manual_seed(0)
+    ffn = GDFN(dim, 2.66, bias).double()
+    assert ffn.padded % 16 == 0 and ffn.padded > ffn.hidden
+    x = channels_last(torch.randn(2, dim, 6, 5, dtype=torch.double))
+    grads = []
+    for fn in (ffn, lambda t: reference_gdfn(ffn, t)):
+        ffn.zero_grad()
+        out = fn(x)
+        out.square().sum().backward()
+        grads.append((out.detach(), [p.grad.clone() for p in ffn.parameters()]))
+    (ours, ours_grads), (ref, ref_grads) = grads
+    assert torch.allclose(ours, ref, atol=1e-12)
+    assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(ours_grads, ref_grads))
+    with torch.no_grad():  # inference gates in place
+        assert torch.allclose(ffn(x), ref, atol=1e-12)
+
+
+@pytest.mark.parametrize('kind', ['WithBias', 'BiasFree'])
+def test_layer_norm_over_channels_in_both_layouts(kind):
+    norm = layer_norm(8, kind).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 8, 3, 5, dtype=torch.double)
+    var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=0)
+    centred = x - mean if kind == 'WithBias' else x
+    expected = centred / torch.sqrt(var + 1e-5) * norm.weight[:, None, None]
+    if kind == 'WithBias':
+        expected = expected + norm.bias[:, None, None]
+    for layout in (x.contiguous(), channels_last(x)):
+        assert torch.allclose(norm(layout), expected, atol=1e-12)

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 import vlu_plugin  # noqa: F401  (shims before anything imports basicsr)
 
@@ -37,6 +38,15 @@ def run_vlu(args, cwd, timeout=240, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f'vlu {" ".join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}')
     return proc
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a busy 2-core machine two OpenMP threads mostly wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -31,15 +31,6 @@ NET = {'type': 'VLUNet', 'dim': 12, 'num_blocks': [1, 1, 1, 1], 'num_refinement_
 CLIP_BLOCK = {'type': 'DegradationCLIP', 'prompts': PROMPTS, 'pretrained': None, 'clip_config': TINY_CLIP}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a busy 2-core machine two OpenMP threads mostly wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---- helpers -------------------------------------------------------------------------------------------
 def make(**opt):
     """A MultiDegradationDataset from keyword options (phase train unless told)."""

@@ -29,15 +29,6 @@ VLUNET_NAMES = RESTORMER_NAMES + (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a busy 2-core machine two OpenMP threads mostly wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class CustomHyperParameters:
     """Stands for any user class pickled into a checkpoint (weights_only refuses it)."""
 

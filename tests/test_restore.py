@@ -25,15 +25,6 @@ STAGES = ('encoder_level1', 'encoder_level2', 'encoder_level3', 'latent', 'decod
           'decoder_level1', 'refinement')
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a busy 2-core machine two OpenMP threads mostly wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
     """Options for VLUNetModel with a tiny VLU-Net and a tiny CLIP, their weight files, in a temporary folder."""

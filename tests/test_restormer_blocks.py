@@ -6,15 +6,6 @@ import torch.nn.functional as F
 from vlu_plugin.archs.restormer_blocks import GDFN, channel_attention, channels_last, layer_norm
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a busy 2-core machine two OpenMP threads mostly wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def reference_attention(q, k, v, temperature, heads):
     """Restormer's channel attention written the obvious way (F.normalize, autograd backward)."""
     b, c, h, w = v.shape

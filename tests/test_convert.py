@@ -5,6 +5,7 @@ import re
 import pytest
 import torch
 
+from test_vlunet_arch import TO_RELEASE
 from vlu_plugin.archs.airnet_arch import AirNet
 from vlu_plugin.archs.promptir_arch import PromptIR
 from vlu_plugin.archs.vlunet_arch import VLUNet
@@ -16,17 +17,10 @@ VLUNET_SMALL = dict(dim=16, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, cl
 PROMPTIR_SMALL = dict(dim=16, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, prompt_sizes=(16, 8, 4))
 AIRNET_SMALL = dict(num_feat=16, num_groups=1, num_blocks=1, encoder_dims=(16, 32, 64), queue_size=16)
 
-# This package's names → the releases' (written out independently of vlu_plugin.checkpoints).
-RESTORMER_NAMES = ((r'(norm\d)\.', r'\1.body.'), )
-VLUNET_NAMES = RESTORMER_NAMES + (
-    (r'^(patch_embed|down2_3|down3_4|up4_3|up3_2|up2_1)_y\.', r'\1_i.'),
-    (r'^(reduce_chan_level[23])_y\.', r'\1_img.'),
-    (r'\.gradient_descent\.phi_t\.', '.gradient_descent.phit.'),
-    (r'\.gradient_descent\.step_size$', '.gradient_descent.r'),
-    (r'\.gradient_descent\.prompt_weights\.', '.gradient_descent.linear.'),
-    (r'\.gradient_descent\.prompt_bank$', '.gradient_descent.prompt_param'),
-    (r'\.proximal\.', '.denoiser.blocks.'),
-)
+# This package's names → the releases' (written out once, in test_vlunet_arch, independently of
+# vlu_plugin.checkpoints); PromptIR differs from Restormer's names only in LayerNorm's `body`.
+VLUNET_NAMES = TO_RELEASE
+RESTORMER_NAMES = TO_RELEASE[:1]
 
 
 class CustomHyperParameters:

@@ -474,7 +474,7 @@ def test_bad_input_failed_benchmark_rebuild_keeps_the_old_benchmark(tmp_path, mo
     with pytest.raises(ValueError, match=r'size 16 is too small'):
         synthetic_benchmark.build_synthetic_benchmark(str(out), size=16, quick=True, progress=False)
 
-    def disk_full(path, items, size):
+    def disk_full(path, items):
         raise OSError(28, 'No space left on device', path)
 
     monkeypatch.setattr(synthetic_benchmark, '_write_lmdb', disk_full)  # fails half-way through a rebuild

@@ -17,7 +17,7 @@ from vlu_plugin.data.tasks import get_preset, get_task
 
 @pytest.fixture(scope='module')
 def bench(tmp_path_factory):
-    """A quick 64-px benchmark (7 train crops, 3 test crops per task)."""
+    """A quick 64-px benchmark (3 whole training photos, 3 test crops per task)."""
     root = tmp_path_factory.mktemp('data') / 'synthetic'
     build_synthetic_benchmark(str(root), size=64, quick=True, progress=False)
     return str(root)
@@ -30,11 +30,19 @@ def make(**opt):
 
 
 def disk_opt(bench, **extra):
-    return dict(tasks='5task', root=bench, meta_info_dir=os.path.join(bench, 'meta_info'), **extra)
+    """Training from the clean photos on disk, every degradation synthesised."""
+    return dict(tasks='5task', synthesize=True, dataroot_gt=os.path.join(bench, 'train', 'clean'), **extra)
 
 
 def lmdb_opt(bench, **extra):
-    return dict(tasks='5task', io_backend={'type': 'lmdb'}, lmdb_dir=os.path.join(bench, 'lmdb'), **extra)
+    """The same photos from the benchmark's LMDB."""
+    return dict(tasks='5task', synthesize=True, io_backend={'type': 'lmdb'},
+                dataroot_gt=os.path.join(bench, 'lmdb', 'clean_train_gt.lmdb'), **extra)
+
+
+def val_opt(bench, tasks='5task'):
+    """The fixed test sets through their pair lists."""
+    return dict(tasks=tasks, root=bench, meta_info_dir=os.path.join(bench, 'meta_info'))
 
 
 def write(path, img):
@@ -46,7 +54,7 @@ def write(path, img):
 def test_disk_and_lmdb_give_identical_samples(bench):
     disk = make(**disk_opt(bench, gt_size=32, key_view=True, repeat='release'))
     lmdb = make(**lmdb_opt(bench, gt_size=32, key_view=True, repeat='release'))
-    assert len(disk) == len(lmdb) == 7 * (3 * 3 + 1 + 120 + 1 + 1)
+    assert len(disk) == len(lmdb) == 3 * (3 * 3 + 1 + 120 + 1 + 1)
     for index in range(0, len(disk), 7):
         random.seed(index)
         a = disk[index]
@@ -66,9 +74,8 @@ def test_disk_and_lmdb_give_identical_samples(bench):
 
 
 def test_labels_and_texts_match_the_preset(bench):
-    for preset, phase, count in (('5task', 'val', 3), ('3task', 'train', 7)):
-        opt = disk_opt(bench, gt_size=32)
-        opt['tasks'] = preset
+    for preset, phase, count in (('5task', 'val', 3), ('3task', 'train', 3)):
+        opt = dict(disk_opt(bench, gt_size=32), tasks=preset) if phase == 'train' else val_opt(bench, preset)
         ds = make(phase=phase, **opt)
         split = 'train' if phase == 'train' else 'test'
         tasks = get_preset(preset, split)
@@ -91,26 +98,46 @@ def test_validation_noise_is_deterministic_and_named_per_task(bench):
 
 
 def test_training_noise_differs_between_draws_and_key_view(bench):
-    ds = make(tasks=[{'name': 'denoise_25', 'dataroot_gt': os.path.join(bench, 'train', 'clean')}],
+    ds = make(tasks=[{'name': 'denoise_25', 'dataroot_gt': os.path.join(bench, 'test', 'clean')}],
               gt_size=64, use_hflip=False, use_rot=False, key_view=True)
     random.seed(0)
     a = ds[0]
     b = ds[0]
-    assert torch.equal(a['gt'], b['gt'])  # 64-px images: the crop is the whole image
+    assert not torch.equal(a['gt'], b['gt'])  # a new random crop of the clean image each draw
     assert not torch.equal(a['lq'], b['lq'])
-    assert not torch.equal(a['lq'], a['lq_key'])  # the key view has its own noise of the same sigma
-    noise, key_noise = [(view - a['gt']).std().item() * 255 for view in (a['lq'], a['lq_key'])]
-    assert 12 < noise < 27 and abs(noise - key_noise) < 0.1 * noise  # same sigma (clipping lowers both)
+    assert not torch.equal(a['lq'], a['lq_key'])  # the key view is another crop of the same degraded region
+    noise = (a['lq'] - a['gt']).std().item() * 255
+    assert 12 < noise < 27  # sigma 25 (clipping lowers it)
+
+
+@pytest.mark.parametrize('task', ['dehaze', 'derain', 'deblur', 'lowlight'])
+def test_synthesised_training_degrades_fresh_crops(bench, task):
+    ds = make(tasks=[task], synthesize=True, dataroot_gt=os.path.join(bench, 'train', 'clean'), gt_size=32,
+              scale_range=[0.5, 1.0])
+    random.seed(1)
+    a, b = ds[0], ds[0]
+    assert a['lq'].shape == a['gt'].shape == (3, 32, 32) and a['deg_label'] == get_task(task).label
+    assert not torch.equal(a['gt'], b['gt']) and not torch.equal(a['lq'], a['gt'])
+    psnr = lambda s: -10 * torch.log10(((s['lq'] - s['gt']) ** 2).mean()).item()  # noqa: E731
+    assert 5 < psnr(a) < 40
+
+
+def test_synthesis_needs_clean_images_and_valid_scale_range(bench, tmp_path):
+    with pytest.raises(ValueError, match=r"scale_range must be \[min, max\]"):
+        make(**disk_opt(bench, gt_size=32, scale_range=[1.0, 0.5]))
+    task = pair_folders(tmp_path)
+    with pytest.raises(ValueError, match=r"synthesize: true degrades clean images, but .*gt holds degraded"):
+        make(tasks=[task], synthesize=True, gt_size=32)
 
 
 def test_dataloader_with_two_workers(bench):
     ds = make(**disk_opt(bench, gt_size=32, key_view=True))
-    loader = torch.utils.data.DataLoader(ds, batch_size=4, shuffle=True, num_workers=2, drop_last=True)
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, shuffle=True, num_workers=2, drop_last=True)
     batches = list(loader)
-    assert len(batches) == len(ds) // 4
+    assert len(batches) == len(ds) // 3
     batch = batches[0]
-    assert batch['lq'].shape == batch['gt'].shape == batch['lq_key'].shape == (4, 3, 32, 32)
-    assert batch['deg_label'].dtype == torch.int64 and len(batch['deg_text']) == 4
+    assert batch['lq'].shape == batch['gt'].shape == batch['lq_key'].shape == (3, 3, 32, 32)
+    assert batch['deg_label'].dtype == torch.int64 and len(batch['deg_text']) == 3
     assert all(get_task_text == text for get_task_text, text in
                zip([get_preset('5task')[int(lbl)].text for lbl in batch['deg_label']], batch['deg_text']))
 
@@ -151,10 +178,10 @@ def test_bad_input_missing_partner(tmp_path):
 
 def test_bad_input_missing_partner_in_lmdb(bench, tmp_path):
     from vlu_plugin.data.image_io import write_lmdb
-    lq = os.path.join(bench, 'train', 'derain')
-    write_lmdb(lq, ['astronaut_00.png'], ['not_in_gt'], str(tmp_path / 'lq.lmdb'))
+    lq = os.path.join(bench, 'test', 'derain')
+    write_lmdb(lq, ['chelsea_00.png'], ['not_in_gt'], str(tmp_path / 'lq.lmdb'))
     task = {'name': 'derain', 'io_backend': {'type': 'lmdb'}, 'dataroot_lq': str(tmp_path / 'lq.lmdb'),
-            'dataroot_gt': os.path.join(bench, 'lmdb', 'derain_train_gt.lmdb')}
+            'dataroot_gt': os.path.join(bench, 'lmdb', 'clean_train_gt.lmdb')}
     with pytest.raises(FileNotFoundError, match=r"lq\.lmdb:not_in_gt has no clean partner"):
         make(phase='val', tasks=[task])
 

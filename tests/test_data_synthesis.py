@@ -56,12 +56,6 @@ def test_haze_brightens_and_lowers_contrast_with_beta(photo):
     assert all(a > b for a, b in zip(stds, stds[1:]))
 
 
-def test_motorcycle_depth_is_metric_and_finite():
-    depth = S.motorcycle_depth()
-    assert depth.shape == (500, 741) and np.isfinite(depth).all()
-    assert 2.0 < depth.min() < 2.2 and 4.9 < depth.max() < 5.1  # reference/datasets.md §4
-
-
 def test_low_light_lowers_luminance(photo):
     dark = S.low_light(photo, rng(), alpha=0.95, beta=0.75, gamma=2.0)
     assert luminance(dark).mean() < 0.6 * luminance(photo).mean()

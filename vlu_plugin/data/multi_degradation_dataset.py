@@ -1,10 +1,12 @@
 """MultiDegradationDataset: (degraded, clean) pairs of several degradation tasks, each labelled with its
-task's CLIP label and prompt, read from folders, pair lists or LMDBs, or made on the fly (Gaussian noise).
+task's CLIP label and prompt, read from folders, pair lists or LMDBs, or made on the fly from clean images
+(Gaussian noise always; every task's degradation with `synthesize: true`).
 
 Sample: `lq`, `gt` (3xHxW float32 RGB in [0, 1]), `lq_path`, `gt_path`, `deg_label` (int, CLIP order),
 `deg_text` (the prompt), and `lq_key` (a second view of the same degraded image) with `key_view: true`.
 Training crops `gt_size` patches with BasicSR's `paired_random_crop` and augments with `augment`;
-validation returns whole images. Options are listed in `tasks.DATASET_KEYS` / `tasks.TASK_KEYS`.
+validation returns whole images. A synthesised training sample is a random crop of a clean image (rescaled
+by a factor drawn from `scale_range`), degraded with parameters drawn afresh, so no patch repeats. Options are listed in `tasks.DATASET_KEYS` / `tasks.TASK_KEYS`.
 """
 import os
 import os.path as osp
@@ -12,6 +14,7 @@ import random
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
+import cv2
 import numpy as np
 from basicsr.data.transforms import augment, paired_random_crop
 from basicsr.utils import FileClient, img2tensor
@@ -20,7 +23,7 @@ from torch.utils import data
 
 from vlu_plugin.data.image_io import decode_image, list_images
 from vlu_plugin.data.pairs import Pairs, find_folder_pairs, find_layout_pairs, find_lmdb_pairs, read_pair_list
-from vlu_plugin.data.synthesis import add_gaussian_noise
+from vlu_plugin.data.synthesis import add_gaussian_noise, random_degradation
 from vlu_plugin.data.tasks import SOURCES, Task, resolve_tasks
 
 QUANTIZE_MODES = ('truncate', 'round', 'none')
@@ -73,6 +76,7 @@ class TaskData:
     where: str  # for messages
     sigma: Optional[float] = None
     quantize: str = 'truncate'
+    synthesis: Optional[str] = None  # the `Task.kind` that makes lq from gt, None for real pairs
     lmdb: Optional[dict] = None  # role ('lq'/'gt') -> LMDB folder
 
 
@@ -129,6 +133,13 @@ class MultiDegradationDataset(data.Dataset):
             raise ValueError(f'dataset {opt.get("name", "")!r}: training needs gt_size (a positive int)')
         self.use_hflip, self.use_rot = opt.get('use_hflip', True), opt.get('use_rot', True)
         self.key_view = bool(opt.get('key_view', False))
+        self.color_jitter = bool(opt.get('color_jitter', False))
+        self.scale_range = opt.get('scale_range', [1, 1])
+        if not (isinstance(self.scale_range, (list, tuple)) and len(self.scale_range) == 2
+                and all(isinstance(v, (int, float)) and v > 0 for v in self.scale_range)
+                and self.scale_range[0] <= self.scale_range[1]):
+            raise ValueError(f'dataset {opt.get("name", "")!r}: scale_range must be [min, max] with 0 < min <= max, '
+                             f'not {self.scale_range!r}')
         self.seed = opt.get('seed', 0)
         if not (isinstance(self.seed, int) and self.seed >= 0):
             raise ValueError(f'seed must be a non-negative int, not {self.seed!r}')
@@ -147,11 +158,19 @@ class MultiDegradationDataset(data.Dataset):
             raise ValueError(f'task {task.name!r} is empty: no images found in {where}')
         synthesised = [lq is None for lq, _ in found.pairs]
         sigma = spec.get('sigma', task.sigma)
-        if any(synthesised) and sigma is None:
+        synthesize = spec.get('synthesize', self.opt.get('synthesize', False))
+        if not isinstance(synthesize, bool):
+            raise ValueError(f'task {task.name!r}: synthesize must be true or false, not {synthesize!r}')
+        if any(synthesised) and sigma is None and not synthesize:
             raise ValueError(f'task {task.name!r}: {where} gives clean images only, but only noise tasks '
-                             'synthesise their degraded images; give the degraded images too')
+                             'synthesise their degraded images unless `synthesize: true`; give the degraded '
+                             'images too')
         if any(synthesised) and not all(synthesised):
             raise ValueError(f'task {task.name!r}: {where} mixes pairs and clean-only entries')
+        if synthesize and not all(synthesised):
+            raise ValueError(f'task {task.name!r}: synthesize: true degrades clean images, but {where} holds '
+                             'degraded images too; point it at clean images only')
+        kind = ('noise' if sigma is not None else task.kind) if all(synthesised) else None
         quantize = spec.get('noise_quantize', self.opt.get('noise_quantize', 'truncate'))
         if quantize not in QUANTIZE_MODES:
             raise ValueError(f'task {task.name!r}: noise_quantize {quantize!r} is not one of {QUANTIZE_MODES}')
@@ -162,7 +181,7 @@ class MultiDegradationDataset(data.Dataset):
                 lmdb['lq'] = spec['dataroot_lq']
             for folder in lmdb.values():
                 check_lmdb(folder)
-        return TaskData(task, found.pairs, backend, where, sigma, quantize, lmdb)
+        return TaskData(task, found.pairs, backend, where, sigma, quantize, synthesis=kind, lmdb=lmdb)
 
     def _repeats(self, resolved):
         """Per-task repeat factors (training only): per task `repeat`, else the dataset's 'release' or dict."""
@@ -212,23 +231,42 @@ class MultiDegradationDataset(data.Dataset):
                 raise FileNotFoundError(f'cannot read image {ref}: {err.strerror or err}') from None
         return decode_image(content, self._name(td, ref, role))
 
-    def _noise_rng(self, index, td):
-        """Generator for synthesised noise: fixed per (seed, index, sigma) in validation; in training also drawn
+    def _synthesis_rng(self, index, td):
+        """Generator for a synthesised sample: fixed per (seed, index, task) in validation; in training also drawn
         from Python's `random`, which BasicSR/torch seed per worker, so workers and epochs differ."""
-        entropy = [self.seed, index, int(round(td.sigma * 1000))]
+        entropy = [self.seed, index, td.task.label, int(round((td.sigma or 0) * 1000))]
         if self.is_train:
             entropy.append(random.getrandbits(32))
         return np.random.default_rng(entropy)
 
-    def _view(self, lq, gt, td, rng, gt_name):
-        """One (lq, gt) view: a random augmented patch in training, the whole image otherwise; noise made last."""
+    def _clean_region(self, gt, size, rng):
+        """A random square of a clean image, rescaled by a factor from `scale_range` to `size` px, augmented."""
+        h, w = gt.shape[:2]
+        scale = rng.uniform(*self.scale_range)
+        src = min(h, w, max(1, round(size / scale)))
+        top, left = int(rng.integers(0, h - src + 1)), int(rng.integers(0, w - src + 1))
+        region = gt[top:top + src, left:left + src]
+        if src != size:
+            region = cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA if src > size else cv2.INTER_CUBIC)
+        region = augment(np.ascontiguousarray(region), self.use_hflip, self.use_rot)
+        if self.color_jitter:  # content colours and exposure must not tell the degradation apart
+            region = region[:, :, rng.permutation(3)]
+            mean = float(region.mean())
+            region = np.clip((region - mean) * rng.uniform(0.7, 1.3) + mean * rng.uniform(0.7, 1.3), 0, 1)
+        return np.ascontiguousarray(region, dtype=np.float32)
+
+    def _synthesise(self, td, gt, rng):
+        """The degraded version of clean `gt` by the task's synthesis, parameters drawn from `rng`."""
+        if td.synthesis == 'noise':
+            return add_gaussian_noise(gt, td.sigma, rng, td.quantize)
+        return random_degradation(td.synthesis, gt, rng)[0]
+
+    def _view(self, lq, gt, gt_name):
+        """One (lq, gt) view: a random augmented patch in training, the whole image otherwise."""
         if self.is_train:
-            gt, lq_patch = paired_random_crop(gt, gt if lq is None else lq, self.gt_size, 1, gt_name)
+            gt, lq = paired_random_crop(gt, lq, self.gt_size, 1, gt_name)
             # copies: augment flips in place, which must not touch the full image a second view is cut from
-            gt, lq_patch = augment([gt.copy(), lq_patch.copy()], self.use_hflip, self.use_rot)
-            lq = None if lq is None else lq_patch
-        if lq is None:
-            lq = add_gaussian_noise(gt, td.sigma, rng, td.quantize)
+            gt, lq = augment([gt.copy(), lq.copy()], self.use_hflip, self.use_rot)
         return lq, gt
 
     def __getitem__(self, index):
@@ -246,8 +284,12 @@ class MultiDegradationDataset(data.Dataset):
         if self.is_train and min(gt.shape[:2]) < self.gt_size:
             raise ValueError(f'image {gt_name} is {gt.shape[0]}x{gt.shape[1]} (HxW), smaller than '
                              f'gt_size {self.gt_size}; remove it or lower gt_size')
-        rng = self._noise_rng(index, td) if lq is None else None
-        lq_out, gt_out = self._view(lq, gt, td, rng, gt_name)
+        if lq is None:
+            rng = self._synthesis_rng(index, td)
+            if self.is_train:  # degrade only the region the view(s) are cut from: any size of clean image
+                gt = self._clean_region(gt, self.gt_size * (2 if self.key_view else 1), rng)
+            lq = self._synthesise(td, gt, rng)
+        lq_out, gt_out = self._view(lq, gt, gt_name)
         if lq_ref is None:  # synthesised: the task in the name keeps validation images of each sigma apart
             stem, ext = osp.splitext(gt_ref)
             lq_path = f'{stem}_{td.task.name}{ext}'
@@ -257,6 +299,6 @@ class MultiDegradationDataset(data.Dataset):
         sample = {'lq': lq_t, 'gt': gt_t, 'lq_path': lq_path, 'gt_path': gt_ref,
                   'deg_label': td.task.label, 'deg_text': td.task.text}
         if self.key_view:
-            key, _ = self._view(lq, gt, td, rng, gt_name)
+            key, _ = self._view(lq, gt, gt_name)
             sample['lq_key'] = img2tensor(key, bgr2rgb=False, float32=True)
         return sample

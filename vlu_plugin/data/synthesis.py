@@ -4,22 +4,19 @@ Every function takes a clean float32 RGB HWC image in [0, 1] and returns one of 
 draws come only from the numpy Generator passed in, so a seeded Generator gives identical output.
 BasicSR's `add_gaussian_noise`/`add_poisson_noise` draw from numpy's global state instead, so they cannot
 be seeded per sample; its Gaussian kernel is reused to widen rain streaks.
-Parameter ranges and their sources are in `reference/datasets.md` §4.
+Parameter ranges (`RANGES`) span the public recipes (Rain100L-like to heavier rain, RESIDE's airlight,
+GoPro-like motion lengths, Lv et al.'s low-light model); their sources are listed in `datasets/README.md`.
 """
-import functools
 import math
 
 import cv2
 import numpy as np
 from basicsr.data.degradations import bivariate_Gaussian
 
-# Middlebury-2014 calibration of skimage's motorcycle pair (focal length px, baseline mm, doffs px)
-MOTORCYCLE_CALIBRATION = (994.978, 193.001, 31.086)
-
 RANGES = {
-    'haze_metric': {'beta': (0.1, 0.3), 'airlight': (0.8, 1.0)},  # depth in metres (2-5 m scene)
-    'haze_relative': {'beta': (1.0, 2.0), 'airlight': (0.8, 1.0)},  # depth in [0, 1]
-    'rain': {'density': (0.002, 0.004), 'length': (10, 20), 'angle': (-20, 20), 'alpha': (0.6, 0.8)},
+    'haze': {'beta': (1.0, 2.0), 'airlight': (0.7, 1.0)},  # relative depth in [0, 1]; RESIDE's airlight range
+    # light (Rain100L: density .002-.004, length 10-20) to moderate rain, within +-25 degrees of vertical
+    'rain': {'density': (0.002, 0.006), 'length': (10, 25), 'angle': (-25, 25), 'alpha': (0.6, 0.9)},
     'motion': {'length': (9, 25), 'angle': (0, 180)},
     'defocus': {'radius': (2, 6)},
     'lowlight': {'alpha': (0.9, 1.0), 'beta': (0.5, 1.0), 'gamma': (1.5, 5.0),  # Lv et al.
@@ -110,20 +107,6 @@ def synthetic_depth(h, w, rng):
     return (depth - depth.min()) / max(float(np.ptp(depth)), 1e-6)
 
 
-@functools.lru_cache(maxsize=1)
-def motorcycle_depth():
-    """Metric depth (m) of skimage's `motorcycle_left` from its bundled disparity; invalid pixels at the far plane."""
-    from skimage import data
-    disparity = data.stereo_motorcycle()[2].astype(np.float64)
-    focal, baseline_mm, doffs = MOTORCYCLE_CALIBRATION
-    valid = np.isfinite(disparity)  # 7% are inf although the docstring says NaN
-    depth = np.empty_like(disparity)
-    depth[valid] = focal * baseline_mm / (disparity[valid] + doffs) / 1000.
-    depth[~valid] = depth[valid].max()
-    depth.setflags(write=False)
-    return depth.astype(np.float32)
-
-
 def low_light(img, rng, alpha=0.95, beta=0.75, gamma=2.0, peak=300., read_sigma=2 / 255):
     """Darken as beta * (alpha * x) ** gamma (Lv et al.), then add Poisson shot and Gaussian read noise."""
     dark = beta * np.power(alpha * img.astype(np.float64), gamma)
@@ -135,20 +118,14 @@ def _uniform(rng, bounds):
     return float(rng.uniform(*bounds))
 
 
-def random_degradation(kind, img, rng, depth=None):
+def random_degradation(kind, img, rng):
     """Degrade `img` with `kind` ('haze', 'rain', 'blur', 'lowlight') at parameters drawn from RANGES.
 
-    For haze, `depth` in metres (e.g. `motorcycle_depth()`) selects the metric beta range; without it a
-    synthetic relative depth is drawn. Returns (degraded image, parameters dict).
+    Haze uses a synthetic relative depth (far at the top). Returns (degraded image, parameters dict).
     """
     if kind == 'haze':
-        metric = depth is not None
-        if depth is None:
-            depth = synthetic_depth(*img.shape[:2], rng)
-        ranges = RANGES['haze_metric' if metric else 'haze_relative']
-        params = {k: _uniform(rng, v) for k, v in ranges.items()}
-        params['depth'] = 'metric' if metric else 'synthetic'
-        return add_haze(img, params['beta'], params['airlight'], depth), params
+        params = {k: _uniform(rng, v) for k, v in RANGES['haze'].items()}
+        return add_haze(img, params['beta'], params['airlight'], synthetic_depth(*img.shape[:2], rng)), params
     if kind == 'rain':
         params = {k: _uniform(rng, v) for k, v in RANGES['rain'].items()}
         return add_rain(img, rng, **params), params

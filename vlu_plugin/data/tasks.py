@@ -19,18 +19,19 @@ class Task:
     label: int
     text: str
     source: str  # key of SOURCES; the three noise levels share one set of clean images
+    kind: str  # the synthesis that makes its degraded images from clean ones (`synthesize: true`; noise always)
     sigma: Optional[float] = None  # Gaussian noise level on the 0-255 scale, made on the fly from clean images
     release_repeat: int = 1  # list repeat factor of the release's training set (`repeat: release`)
 
 
 TASKS = (
-    Task('denoise_15', 0, 'image with noise', 'denoise', sigma=15, release_repeat=3),
-    Task('denoise_25', 1, 'image with many noise', 'denoise', sigma=25, release_repeat=3),
-    Task('denoise_50', 2, 'image with large amount of noise', 'denoise', sigma=50, release_repeat=3),
-    Task('dehaze', 3, 'image with haze', 'dehaze'),
-    Task('derain', 4, 'image with rain', 'derain', release_repeat=120),
-    Task('deblur', 5, 'image with blur', 'deblur'),
-    Task('lowlight', 6, 'image with low light', 'lowlight'),
+    Task('denoise_15', 0, 'image with noise', 'denoise', 'noise', sigma=15, release_repeat=3),
+    Task('denoise_25', 1, 'image with many noise', 'denoise', 'noise', sigma=25, release_repeat=3),
+    Task('denoise_50', 2, 'image with large amount of noise', 'denoise', 'noise', sigma=50, release_repeat=3),
+    Task('dehaze', 3, 'image with haze', 'dehaze', 'haze'),
+    Task('derain', 4, 'image with rain', 'derain', 'rain', release_repeat=120),
+    Task('deblur', 5, 'image with blur', 'deblur', 'blur'),
+    Task('lowlight', 6, 'image with low light', 'lowlight', 'lowlight'),
 )
 TASKS_BY_NAME = {task.name: task for task in TASKS}
 ALIASES = {'delowlight': 'lowlight'}  # the release's spelling
@@ -99,6 +100,10 @@ PHASE_SPLIT = {'train': 'train', 'val': 'test', 'test': 'test'}
 DATASET_KEYS = {
     'tasks': 'preset name, task name or list of task names / task dicts',
     'root': 'datasets root (with a preset) or base of relative list paths',
+    'dataroot_gt': 'clean images (folder or LMDB) for every task without a source of its own',
+    'synthesize': 'true: degrade clean images on the fly (data.synthesis, random parameters per sample)',
+    'scale_range': '[min, max] random rescale of training crops before synthesis (default [1, 1])',
+    'color_jitter': 'random channel order and +-30 % contrast/brightness of clean crops before synthesis',
     'meta_info_dir': 'folder of pair lists named <task or source>_<split>.txt',
     'lmdb_dir': 'folder of LMDBs named <task or source>_<split>_{lq,gt}.lmdb (io_backend lmdb)',
     'io_backend': "{type: disk} (default) or {type: lmdb}",
@@ -113,7 +118,7 @@ DATASET_KEYS = {
     'persistent_workers': '', 'use_shuffle': '',
 }
 TASK_KEYS = ('name', 'dataroot_lq', 'dataroot_gt', 'meta_info_file', 'root', 'layout', 'io_backend', 'sigma',
-             'noise_quantize', 'repeat')
+             'noise_quantize', 'repeat', 'synthesize')
 
 
 def check_keys(given, allowed, where):
@@ -153,6 +158,9 @@ def sources_of(preset):
 def _default_source(task, spec, opt, split):
     """Fill a task's missing data source from the dataset-level root / meta_info_dir / lmdb_dir."""
     if any(k in spec for k in ('dataroot_lq', 'dataroot_gt', 'meta_info_file', 'root')):
+        return
+    if opt.get('dataroot_gt'):  # one set of clean images for every task (synthesis)
+        spec['dataroot_gt'] = opt['dataroot_gt']
         return
     backend = spec.get('io_backend', opt.get('io_backend', {'type': 'disk'}))
     if backend.get('type') == 'lmdb':

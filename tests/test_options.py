@@ -8,6 +8,7 @@ from basicsr.archs import build_network
 from basicsr.utils.options import ordered_yaml
 from basicsr.utils.registry import DATASET_REGISTRY, MODEL_REGISTRY
 
+from vlu_plugin.cli.demo import OPTIONS_DIR as DEMO_OPTIONS_DIR  # shipped inside the package
 from vlu_plugin.data.tasks import DATASET_KEYS, check_keys
 
 ROOT = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'options')
@@ -67,7 +68,7 @@ def test_models_share_one_data_and_validation_block():
 
 
 def test_demo_options_are_one_protocol_with_comparable_sizes():
-    opts = {name: load(osp.join(ROOT, 'demo', f'{name}.yml')) for name in ('vlunet', 'promptir', 'airnet')}
+    opts = {name: load(osp.join(DEMO_OPTIONS_DIR, f'{name}.yml')) for name in ('vlunet', 'promptir', 'airnet')}
     sizes = {}
     for name, opt in opts.items():
         check_datasets(opt, name)

@@ -78,53 +78,66 @@ def comparison(runs, datasets, path):
     return _save(fig, path)
 
 
+def running_mean(values, window):
+    """The mean of each value and the `window - 1` before it (fewer at the start)."""
+    values = np.asarray(values, dtype=float)
+    sums = np.cumsum(np.insert(values, 0, 0.0))
+    counts = np.minimum(np.arange(1, len(values) + 1), window)
+    return (sums[1:] - sums[np.maximum(np.arange(1, len(values) + 1) - window, 0)]) / counts
+
+
 def curves(experiments, path):
-    """Training loss (l_pix) and mean validation PSNR against iterations, one line per model."""
+    """Training L1 (raw trace behind its running mean) and each validation set's PSNR over iterations."""
     if not experiments:
         return False
-    fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for label, run in experiments.items():
+    datasets = list(dict.fromkeys(d for run in experiments.values() for d in run.datasets
+                                  if any((d, 'psnr') in h for h in run.history.values())))
+    fig, axes = plt.subplots(1, 1 + max(1, len(datasets)), figsize=(4.2 + 2.9 * max(1, len(datasets)), 3.4),
+                             squeeze=False)
+    ax_loss, psnr_axes = axes[0, 0], axes[0, 1:]
+    colours = plt.rcParams['axes.prop_cycle'].by_key()['color']
+    for index, (label, run) in enumerate(experiments.items()):
+        colour = colours[index % len(colours)]
         iters, losses = run.training_losses()
-        if losses.get('l_pix'):
-            ax_loss.plot(iters[-len(losses['l_pix']):], losses['l_pix'], label=label)
-        val_iters, psnr = run.validation_curve('psnr')
-        if psnr:
-            ax_psnr.plot(val_iters, psnr, marker='o', label=label)
-    ax_loss.set(title='training L1 loss', xlabel='iteration', yscale='log')
-    ax_psnr.set(title='validation PSNR (mean over sets)', xlabel='iteration', ylabel='dB')
-    for ax in (ax_loss, ax_psnr):
+        values = losses.get('l_pix')
+        if values:
+            steps = iters[-len(values):]
+            ax_loss.plot(steps, values, color=colour, alpha=0.25, linewidth=0.8)
+            ax_loss.plot(steps, running_mean(values, max(1, len(values) // 10)), color=colour, label=label)
+        for ax, dataset in zip(psnr_axes, datasets):
+            points = sorted((it, h[(dataset, 'psnr')]) for it, h in run.history.items()
+                            if it != float('inf') and (dataset, 'psnr') in h)
+            if points:
+                ax.plot(*zip(*points), marker='o', markersize=3, color=colour, label=label)
+    ax_loss.set(title='training L1 (faint: logged values)', xlabel='iteration', yscale='log')
+    for ax, dataset in zip(psnr_axes, datasets):
+        ax.set(title=f'validation PSNR: {dataset}', xlabel='iteration', ylabel='dB')
+    for ax in axes[0]:
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+    if ax_loss.get_legend_handles_labels()[0]:
+        ax_loss.legend(fontsize=7)
+    fig.tight_layout()
     return _save(fig, path)
 
 
-def confusion(runs, path, class_names=None):
-    """Row-normalised confusion matrix of the degradation CLIP on the test sets (last validation)."""
+def confusion(accuracy, path):
+    """Row-normalised confusion matrix of the degradation CLIP over every class (`report.clip_accuracy` output)."""
     from vlu_plugin.data.tasks import PROMPTS
-    run = next((r for r in runs.values() if r.predictions), None)
-    if run is None:
-        return False
-    from vlu_plugin.report import iteration
-    last = max(iteration(p['iter']) for p in run.predictions)
-    rows = [p for p in run.predictions if iteration(p['iter']) == last]
-    names = class_names or PROMPTS
-    n = max(len(names), 1 + max(max(int(p['label']), int(p['predicted'])) for p in rows))
+    _, exact, by_type, _, pairs = accuracy
+    n = max(len(PROMPTS), 1 + max(max(pair) for pair in pairs))
     matrix = np.zeros((n, n))
-    for p in rows:
-        matrix[int(p['label']), int(p['predicted'])] += 1
-    used = [i for i in range(n) if matrix[i].sum() or matrix[:, i].sum()]
-    matrix = matrix[np.ix_(used, used)]
+    for label, predicted in pairs:
+        matrix[label, predicted] += 1
     normalised = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(used), 0.8 + 0.8 * len(used)))
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * n, 1.0 + 0.8 * n))
     ax.imshow(normalised, cmap='Blues', vmin=0, vmax=1)
-    ticks = [names[i].replace('image with ', '') if i < len(names) else str(i) for i in used]
-    ax.set_xticks(range(len(used)), ticks, rotation=45, ha='right', fontsize=8)
-    ax.set_yticks(range(len(used)), ticks, fontsize=8)
-    for i in range(len(used)):
-        for j in range(len(used)):
+    ticks = [PROMPTS[i].replace('image with ', '') if i < len(PROMPTS) else str(i) for i in range(n)]
+    ax.set_xticks(range(n), ticks, rotation=45, ha='right', fontsize=8)
+    ax.set_yticks(range(n), ticks, fontsize=8)
+    for i in range(n):
+        for j in range(n):
             ax.text(j, i, f'{int(matrix[i, j])}', ha='center', va='center', fontsize=8,
                     color='white' if normalised[i, j] > 0.5 else 'black')
-    accuracy = np.trace(matrix) / max(matrix.sum(), 1)
-    ax.set(xlabel='predicted', ylabel='true', title=f'degradation CLIP, accuracy {accuracy:.3f}')
+    ax.set(xlabel='predicted', ylabel='true',
+           title=f'degradation CLIP: type accuracy {by_type:.3f}, exact {exact:.3f}')
     return _save(fig, path)

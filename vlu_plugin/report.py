@@ -18,7 +18,8 @@ import numpy as np
 import yaml
 
 
-def _atomic_write_text(path, text):
+def atomic_write_text(path, text):
+    """Write `text` to `path` through a temporary file, so a reader never sees half a file."""
     tmp = f'{path}.tmp{os.getpid()}'
     with open(tmp, 'w') as f:
         f.write(text)
@@ -58,6 +59,8 @@ class Run:
         opt = _options(folder)
         self.label = (info.get('network') or (opt.get('network_g') or {}).get('type')
                       or osp.basename(osp.normpath(folder)))
+        if info.get('variant'):
+            self.label = f'{self.label} ({info["variant"]})'
         rows = _read_csv(osp.join(folder, 'metrics.csv'))
         self.is_experiment = bool(glob.glob(osp.join(folder, 'train_*.log')))
         if not rows and not self.is_experiment:
@@ -107,7 +110,7 @@ def merge_runs(folders):
         run = Run(folder)
         if run.is_experiment:
             experiments[run.label] = run
-        if run.datasets and (run.label not in runs or not run.is_experiment):
+        if any(m == 'psnr' for _, m in run.final) and (run.label not in runs or not run.is_experiment):
             runs[run.label] = run
     return runs, experiments
 
@@ -182,25 +185,54 @@ def write_results_csv(path, datasets, rows):
     os.replace(tmp, path)
 
 
-def build_report(folders, out_dir, title='All-in-one restoration'):
-    """Write report.md, results.csv and the figures for `folders` into `out_dir`; returns the plain table."""
+def clip_accuracy(predictions):
+    """The last validation's degradation predictions: (iteration, exact accuracy, type accuracy, per-class
+    accuracy by label, [(label, predicted)]). Type accuracy counts noise at any sigma as noise."""
+    from vlu_plugin.data.tasks import TASKS
+    kind = {task.label: task.kind for task in TASKS}
+    last = max(iteration(p['iter']) for p in predictions)
+    pairs = [(int(p['label']), int(p['predicted'])) for p in predictions if iteration(p['iter']) == last]
+    exact = float(np.mean([label == predicted for label, predicted in pairs]))
+    by_type = float(np.mean([kind.get(label, label) == kind.get(predicted, predicted) for label, predicted in pairs]))
+    per_class = {label: float(np.mean([p == label for lbl, p in pairs if lbl == label]))
+                 for label in sorted({label for label, _ in pairs})}
+    return last, exact, by_type, per_class, pairs
+
+
+def clip_lines(predictions):
+    """The report's paragraph on the degradation CLIP."""
+    from vlu_plugin.data.tasks import PROMPTS
+    _, exact, by_type, per_class, pairs = clip_accuracy(predictions)
+    classes = ', '.join(f'{PROMPTS[label].replace("image with ", "") if label < len(PROMPTS) else label} '
+                        f'{value:.2f}' for label, value in per_class.items())
+    return [f'Degradation CLIP on {len(pairs)} test images: type accuracy {by_type:.3f} (noise at any sigma counted '
+            f'as noise), exact {len(PROMPTS)}-label accuracy {exact:.3f}. Per class: {classes}.', '']
+
+
+def build_report(folders, out_dir, title='All-in-one restoration', clip_folder=None, notes=()):
+    """Write report.md, results.csv and the figures for `folders` into `out_dir`; returns the plain table.
+
+    The CLIP paragraph and confusion matrix come from `clip_folder` (a DegradationCLIPModel experiment)
+    when given, else from the first run that recorded degradation predictions.
+    """
     from vlu_plugin import figures
     os.makedirs(out_dir, exist_ok=True)
     runs, experiments = merge_runs(folders)
     datasets, rows = table(runs)
     write_results_csv(osp.join(out_dir, 'results.csv'), datasets, rows)
+    clip_run = Run(clip_folder) if clip_folder else next((r for r in runs.values() if r.predictions), None)
+    predictions = clip_run.predictions if clip_run is not None else []
     made = {
         'comparison.png': figures.comparison(runs, datasets, osp.join(out_dir, 'comparison.png')),
         'curves.png': figures.curves(experiments, osp.join(out_dir, 'curves.png')),
-        'clip_confusion.png': figures.confusion(runs, osp.join(out_dir, 'clip_confusion.png')),
+        'clip_confusion.png': bool(predictions) and figures.confusion(clip_accuracy(predictions),
+                                                                        osp.join(out_dir, 'clip_confusion.png')),
     }
     lines = [f'# {title}', '', 'PSNR (dB) / SSIM on RGB float images in [0, 1] (best PSNR per column in bold).', '',
              format_table(datasets, rows), '']
-    accuracy = [(label, run.metric(d, 'degradation_acc')) for label, run in runs.items() for d in datasets]
-    if any(not math.isnan(a) for _, a in accuracy):
-        lines += ['Degradation-CLIP accuracy per set: ' + ', '.join(
-            f'{d} {runs[label].metric(d, "degradation_acc"):.3f}' for label in runs for d in datasets
-            if not math.isnan(runs[label].metric(d, 'degradation_acc'))), '']
+    if predictions:
+        lines += clip_lines(predictions)
+    lines += list(notes)
     lines += [f'![{name}]({name})' for name, ok in made.items() if ok]
-    _atomic_write_text(osp.join(out_dir, 'report.md'), '\n'.join(lines) + '\n')
+    atomic_write_text(osp.join(out_dir, 'report.md'), '\n'.join(lines) + '\n')
     return format_table(datasets, rows, markdown=False)

@@ -1,32 +1,53 @@
-"""`vlu demo`: the embedded all-in-one benchmark end to end, on CPU, with no download.
+"""`vlu demo`: the embedded all-in-one benchmark end to end, with no download.
 
 Stages: build the benchmark, fine-tune the degradation CLIP, train VLU-Net, PromptIR and AirNet under one
-protocol (options/demo/), test each on every task's test set, and report side by side. Every stage runs
-BasicSR's own pipeline in a subprocess under `--out`; a re-run skips the stages whose outputs exist
-(`--force` redoes them) and resumes an interrupted training from its last checkpoint.
+protocol (the option files in `vlu_plugin/options/demo/`) and the two VLU-Net ablations (uniform prompt
+mixture; the ground-truth prompt's text embedding as the degradation vector), test each on every task's test
+set, and report side by side. Every stage runs BasicSR's own pipeline in a subprocess under `--out`, `--jobs`
+at a time (one thread each on a CPU), each starting as soon as what it needs is done. A re-run skips the
+stages whose outputs exist (`--force` redoes them) and resumes an interrupted training from its last
+checkpoint.
 """
+import copy
+import csv
 import os
 import os.path as osp
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-OPTIONS_DIR = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'options', 'demo')
-MODELS = ('vlunet', 'promptir', 'airnet')  # option files under options/demo/, in training order
+OPTIONS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'options', 'demo')
+MODELS = ('vlunet', 'promptir', 'airnet')  # option files in OPTIONS_DIR
+ABLATIONS = {'uniform': 'uniform prompt mixture (no CLIP)', 'true_label': 'true-label vector'}
+DEFAULTS = {'iters': 1500, 'clip_iters': 500}
+QUICK = {'iters': 60, 'clip_iters': 60}
+CLIP_PATH_KEY = 'pretrain_network_degradation_clip'
 
 
 def add_parser(subparsers):
     """Register `vlu demo`."""
     parser = subparsers.add_parser('demo', help='fine-tune the CLIP, train and test VLU-Net, PromptIR and AirNet '
-                                   'on the embedded benchmark, and report side by side')
+                                   '(and two VLU-Net ablations) on the embedded benchmark, and report side by side')
     parser.add_argument('--out', default='runs/demo', help='working folder (experiments, results, report)')
-    parser.add_argument('--iters', type=int, default=None, help='training iterations per restoration model '
-                        '(default 120; 20 with --quick)')
-    parser.add_argument('--clip-iters', type=int, default=None, help='CLIP fine-tuning iterations (default 600)')
-    parser.add_argument('--quick', action='store_true', help='a small benchmark of 64-px crops and short runs '
-                        '(< 3 minutes)')
+    parser.add_argument('--iters', type=int, default=None,
+                        help=f'training iterations per restoration model (default {DEFAULTS["iters"]}; '
+                        f'{QUICK["iters"]} with --quick)')
+    parser.add_argument('--clip-iters', type=int, default=None,
+                        help=f'CLIP fine-tuning iterations (default {DEFAULTS["clip_iters"]}; '
+                        f'{QUICK["clip_iters"]} with --quick)')
+    parser.add_argument('--quick', action='store_true', help='a small benchmark of 64-px crops and short runs, '
+                        'without the ablations (a few minutes)')
+    parser.add_argument('--no-ablations', dest='ablations', action='store_false',
+                        help='skip the two VLU-Net ablation rows')
+    parser.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto',
+                        help='auto: CUDA when present, else the CPU (default)')
+    parser.add_argument('--jobs', type=int, default=2, help='stages run at once (default 2: one per core on a '
+                        '2-core CPU, each with --threads threads)')
+    parser.add_argument('--threads', type=int, default=1, help='CPU threads per stage (default 1)')
     parser.add_argument('--force', action='store_true', help='redo every stage')
     return 'demo'
 
@@ -39,12 +60,13 @@ def load_options(name):
     from basicsr.utils.options import ordered_yaml
     path = osp.join(OPTIONS_DIR, f'{name}.yml')
     if not osp.isfile(path):
-        raise FileNotFoundError(f'demo option file missing: {path} (run vlu demo from a source checkout)')
+        raise FileNotFoundError(f'demo option file missing: {path} (reinstall vlu_plugin)')
     with open(path) as f:
         return yaml.safe_load(yaml.safe_dump(_plain(yaml.load(f, Loader=ordered_yaml()[0]))))
 
 
 def _plain(value):
+    """Nested mappings and lists as plain dicts and lists (safe_dump rejects OrderedDict)."""
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -52,7 +74,7 @@ def _plain(value):
     return value
 
 
-def scale_schedule(opt, iters):
+def scale_schedule(opt, iters, validations=3):
     """Set the run length and everything measured in iterations from it."""
     train = opt['train']
     train['total_iter'] = iters
@@ -61,9 +83,22 @@ def scale_schedule(opt, iters):
     train['warmup_iter'] = -1 if iters < 40 else max(1, iters // 20)
     if 'encoder_warmup_iter' in train:
         train['encoder_warmup_iter'] = max(1, iters // 10)  # AirNet: 10 % as in the release
-    opt['val']['val_freq'] = iters // 2 + 1  # once mid-run; BasicSR validates again after the last iteration
+    # a few validations for the curves; BasicSR validates again after the last iteration
+    opt['val']['val_freq'] = max(1, iters // validations) if iters >= validations else iters + 1
     opt['logger']['save_checkpoint_freq'] = max(1, iters // 3)
-    opt['logger']['print_freq'] = max(1, min(10, iters // 10))
+    opt['logger']['print_freq'] = max(1, min(20, iters // 20))
+    return opt
+
+
+def ablation(vlunet_opt, kind):
+    """The VLU-Net options with one change: no CLIP (`uniform`) or the true label's text embedding."""
+    opt = copy.deepcopy(vlunet_opt)
+    opt['name'] = f'{opt["name"]}_{kind}'
+    if kind == 'uniform':
+        del opt['degradation_clip']
+        del opt['path'][CLIP_PATH_KEY]
+    else:
+        opt['degradation_vector'] = 'true_label'
     return opt
 
 
@@ -79,16 +114,23 @@ def test_options(train_opt):
 class Stage:
     """One step of the demo: a BasicSR pipeline run in a subprocess, with a progress bar over iterations."""
 
-    def __init__(self, title, kind, opt, done_file, total=None):
+    def __init__(self, title, kind, opt, done_file, total=None, needs=()):
         self.title, self.kind, self.opt, self.done_file, self.total = title, kind, opt, done_file, total
+        self.needs, self.seconds = tuple(needs), None
 
-    def run(self, out, force, index, count):
+    @property
+    def name(self):
+        """The experiment / result name, unique per stage kind."""
+        return f'{self.kind}_{self.opt["name"]}'
+
+    def run(self, out, force, threads, slot):
+        """Run the stage (unless done), return its wall time in seconds (None when skipped)."""
         import yaml
         from tqdm import tqdm
         name = self.opt['name']
         if osp.exists(osp.join(out, self.done_file)) and not force:
-            print(f'[{index}/{count}] {self.title}: done already ({self.done_file})')
-            return
+            tqdm.write(f'{self.title}: done already ({self.done_file})')
+            return None
         root = 'experiments' if self.kind == 'train' else 'results'
         if force:
             shutil.rmtree(osp.join(out, root, name), ignore_errors=True)
@@ -101,12 +143,13 @@ class Stage:
             args.append('--auto_resume')  # continues an interrupted run; a fresh one starts at 0
         log_path = osp.join(out, 'logs', f'{self.kind}_{name}.log')
         os.makedirs(osp.dirname(log_path), exist_ok=True)
+        env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         start = time.time()
-        bar = tqdm(total=self.total, desc=f'[{index}/{count}] {self.title}', unit='it' if self.total else ' lines',
+        bar = tqdm(total=self.total, desc=self.title, unit='it' if self.total else ' sets', position=slot,
                    leave=True, dynamic_ncols=True)
         with open(log_path, 'w') as log:
             proc = subprocess.Popen(args, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    env=dict(os.environ, PYTHONUNBUFFERED='1'))
+                                    env=env)
             for line in proc.stdout:
                 log.write(line)
                 match = re.search(r'\biter:\s*([\d,]+)', line)  # not total_iter: in the options dump
@@ -120,53 +163,105 @@ class Stage:
             with open(log_path) as f:
                 tail = ''.join(f.readlines()[-25:])
             raise RuntimeError(f'{self.title} failed (exit {proc.returncode}); log: {log_path}\n{tail}')
-        print(f'    {self.title}: {time.time() - start:.0f} s')
+        seconds = time.time() - start
+        tqdm.write(f'{self.title}: {seconds:.0f} s')
+        return seconds
 
 
 def plan(args):
-    """The demo's stages, with option files resolved for this run."""
-    iters = args.iters or (20 if args.quick else 120)
-    clip_iters = args.clip_iters or (40 if args.quick else 600)
+    """The demo's stages (each naming the stages it needs), the trained options, and the CLIP's options."""
+    preset = QUICK if args.quick else DEFAULTS
+    iters, clip_iters = args.iters or preset['iters'], args.clip_iters or preset['clip_iters']
+    num_gpu = {'auto': 'auto', 'cpu': 0, 'cuda': 1}[args.device]
     clip = load_options('degradation_clip')
+    clip['num_gpu'] = num_gpu
     clip['train']['total_iter'] = clip_iters
+    clip['train']['scheduler']['periods'] = [clip_iters]
     if args.quick:  # whole crops of the 64-px quick benchmark
         clip['datasets']['train']['gt_size'] = 64
-    clip['val']['val_freq'] = max(1, clip_iters // 2)
-    clip['logger'].update(save_checkpoint_freq=clip_iters, print_freq=max(1, min(10, clip_iters // 10)))
-    stages = [Stage('fine-tune the degradation CLIP', 'train', clip,
-                    f'experiments/{clip["name"]}/models/net_clip_latest.pth', clip_iters)]
+    clip['val']['val_freq'] = clip_iters
+    clip['logger'].update(save_checkpoint_freq=clip_iters, print_freq=max(1, min(20, clip_iters // 20)))
+    clip_stage = Stage('fine-tune the degradation CLIP', 'train', clip,
+                       f'experiments/{clip["name"]}/models/net_clip_latest.pth', clip_iters)
     trained = [scale_schedule(load_options(model), iters) for model in MODELS]
+    if args.ablations and not args.quick:
+        trained += [ablation(trained[0], kind) for kind in ABLATIONS]
+    stages = [clip_stage]
     for opt in trained:
-        label = opt['network_g']['type']
+        opt['num_gpu'] = num_gpu
+        needs = [clip_stage.name] if CLIP_PATH_KEY in opt['path'] else []
         train_opt = opt
         if args.quick:  # no validation while training: the test stage measures every set once
             train_opt = dict(opt, datasets={'train': opt['datasets']['train']})
-        stages.append(Stage(f'train {label}', 'train', train_opt,
-                            f'experiments/{opt["name"]}/models/net_g_latest.pth', iters))
-    for opt in trained:
-        stages.append(Stage(f'test {opt["network_g"]["type"]}', 'test', test_options(opt),
-                            f'results/{opt["name"]}/metrics.csv'))
-    return stages, trained
+        train = Stage(f'train {opt["name"]}', 'train', train_opt, f'experiments/{opt["name"]}/models/net_g_latest.pth',
+                      iters, needs)
+        stages.append(train)
+        stages.append(Stage(f'test {opt["name"]}', 'test', test_options(opt), f'results/{opt["name"]}/metrics.csv',
+                            needs=needs + [train.name]))
+    return stages, trained, clip
+
+
+def run_stages(stages, out, force, jobs, threads):
+    """Run the stages `jobs` at a time, each once the stages it needs are done; raises the first failure."""
+    pending, running, done, lock = list(stages), {}, set(), threading.Lock()
+    free_slots = list(range(jobs))
+
+    def start(stage, slot):
+        try:
+            stage.seconds = stage.run(out, force, threads, slot)
+        finally:
+            with lock:
+                free_slots.append(slot)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while pending or running:
+            for stage in [s for s in pending if set(s.needs) <= done]:
+                if len(running) >= jobs:
+                    break
+                pending.remove(stage)
+                with lock:
+                    slot = free_slots.pop(0)
+                running[pool.submit(start, stage, slot)] = stage
+            if not running:
+                raise RuntimeError(f'demo stages wait for stages that never run: {[s.name for s in pending]}')
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                stage = running.pop(future)
+                future.result()  # a failed stage stops the demo (running ones finish first)
+                done.add(stage.name)
+
+
+def write_timings(path, rows):
+    """timings.csv: each stage's wall time (empty when it was done already)."""
+    from vlu_plugin.report import atomic_write_text
+    lines = [['stage', 'seconds']] + [[title, '' if seconds is None else f'{seconds:.1f}'] for title, seconds in rows]
+    atomic_write_text(path, ''.join(','.join(map(str, line)) + '\n' for line in lines))
 
 
 def run(args):
     """Run every stage, then print the table and write the report."""
     from vlu_plugin.data.synthetic_benchmark import build_synthetic_benchmark
     from vlu_plugin.report import build_report
+    if args.jobs < 1 or args.threads < 1:
+        raise ValueError(f'--jobs and --threads must be at least 1 (got {args.jobs}, {args.threads})')
     start = time.time()
     out = osp.abspath(args.out)
     os.makedirs(out, exist_ok=True)
-    stages, trained = plan(args)
-    count = len(stages) + 2
-    print(f'[1/{count}] embedded benchmark -> {out}/datasets/synthetic')
+    stages, trained, clip = plan(args)
+    print(f'embedded benchmark -> {out}/datasets/synthetic')
     build_synthetic_benchmark(osp.join(out, 'datasets', 'synthetic'), size=64 if args.quick else 128, quick=args.quick,
                               force=args.force)
-    for index, stage in enumerate(stages, start=2):
-        stage.run(out, args.force, index, count)
-    print(f'[{count}/{count}] report')
+    timings = [('benchmark', time.time() - start)]
+    run_stages(stages, out, args.force, args.jobs, args.threads)
+    timings += [(stage.title, stage.seconds) for stage in stages]
+    report_start = time.time()
     folders = [osp.join(out, 'results', opt['name']) for opt in trained]
     folders += [osp.join(out, 'experiments', opt['name']) for opt in trained]
-    table = build_report(folders, osp.join(out, 'report'), title='vlu demo: embedded 5-task benchmark (CPU)')
+    table = build_report(folders, osp.join(out, 'report'), title='vlu demo: embedded 5-task benchmark',
+                         clip_folder=osp.join(out, 'experiments', clip['name']))
+    timings += [('report', time.time() - report_start), ('total', time.time() - start)]
+    write_timings(osp.join(out, 'report', 'timings.csv'), timings)
     print(table)
-    print(f'report: {out}/report/report.md    total time {time.time() - start:.0f} s')
+    print('stage times: ' + ', '.join(f'{title} {seconds:.0f} s' for title, seconds in timings if seconds is not None))
+    print(f'report: {out}/report/report.md')
     return 0

@@ -131,12 +131,16 @@ class AllInOneModel(SRModel):
         self.best_metric_results[dataset_name].setdefault(self.ACCURACY_METRIC,
                                                           dict(better='higher', val=float('-inf'), iter=-1))
 
+    def variant(self):
+        """A few words that set this run apart from others of the same network in reports, or None."""
+        return None
+
     def _write_run_info(self, records):
         """run.json: what produced the records (reports label runs with it)."""
         path = osp.join(records, 'run.json')
         if not osp.exists(path):
             info = {'name': self.opt['name'], 'model_type': self.opt['model_type'],
-                    'network': self.opt.get('network_g', {}).get('type')}
+                    'network': self.opt.get('network_g', {}).get('type'), 'variant': self.variant()}
             os.makedirs(records, exist_ok=True)
             with open(path, 'w') as f:
                 json.dump(info, f)

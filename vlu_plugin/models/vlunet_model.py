@@ -6,6 +6,10 @@ release's `clip_tuned.pth` / Lightning checkpoint). It is never trained here, ne
 `net_g`'s checkpoints, has no optimizer and is not DDP-wrapped. Without the block there is no
 degradation vector and VLU-Net mixes its prompts uniformly.
 
+`degradation_vector: image` (default) feeds VLU-Net the CLIP's adapted image embedding, as the paper;
+`true_label` feeds the CLIP's adapted text embedding of each image's ground-truth prompt instead (an
+ablation: perfect degradation guidance; it needs `deg_label` in training and testing data).
+
 Two BasicSR rules fix the option names. The block is not a `network_*` key: resume rewrites
 `path.pretrain_network_<x>` for every top-level `network_<x>` to a file this model never writes. The
 path key does contain `pretrain_network`: BasicSR creates a directory for every other `path.*` entry
@@ -26,10 +30,18 @@ class VLUNetModel(AllInOneModel):
     """AllInOneModel whose network takes `(lq, degradation_vector)` from a frozen DegradationCLIP."""
 
     CLIP_PATH_KEY = 'pretrain_network_degradation_clip'
+    VECTORS = ('image', 'true_label')
 
     def __init__(self, opt):
+        self.vector_source = opt.get('degradation_vector') or 'image'
+        if self.vector_source not in self.VECTORS:
+            raise ValueError(f'VLUNetModel: degradation_vector must be one of {self.VECTORS}, '
+                             f'not {self.vector_source!r}')
         super().__init__(opt)
         self.net_clip = self.build_degradation_clip(opt)
+        if self.vector_source == 'true_label' and self.net_clip is None:
+            raise ValueError('VLUNetModel: degradation_vector: true_label needs the degradation_clip block '
+                             '(its text embeddings are the vectors)')
 
     def build_degradation_clip(self, opt):
         """The frozen, trained DegradationCLIP the options describe, or None without a `degradation_clip` block."""
@@ -52,6 +64,12 @@ class VLUNetModel(AllInOneModel):
                              f'{net_clip.embed_dim} dimensions; set network_g.clip_dim: {net_clip.embed_dim}')
         return net_clip
 
+    def variant(self):
+        """'uniform prompts' without a CLIP, 'true-label vector' with `degradation_vector: true_label`."""
+        if self.net_clip is None:
+            return 'uniform prompts'
+        return 'true-label vector' if self.vector_source == 'true_label' else None
+
     def feed_data(self, data):
         """AllInOneModel's feed_data, plus a clear error for labels the CLIP has no prompt for."""
         super().feed_data(data)
@@ -63,6 +81,11 @@ class VLUNetModel(AllInOneModel):
         if self.net_clip is None:
             return (None, )
         with torch.no_grad():
+            if self.vector_source == 'true_label':
+                if getattr(self, 'deg_label', None) is None or len(self.deg_label) != len(lq):
+                    raise ValueError('VLUNetModel: degradation_vector: true_label needs deg_label for every image; '
+                                     f'this batch has none ({self.batch_paths})')
+                return (self.net_clip.text_embeddings()[self.deg_label.long()], )
             return (self.net_clip.embed(lq), )
 
     def degradation_probabilities(self, lq):

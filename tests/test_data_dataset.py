@@ -130,6 +130,21 @@ def test_synthesis_needs_clean_images_and_valid_scale_range(bench, tmp_path):
         make(tasks=[task], synthesize=True, gt_size=32)
 
 
+def test_repeats_of_a_sample_in_an_enlarged_epoch_differ(bench):
+    from basicsr.data.data_sampler import EnlargedSampler
+    ds = make(**disk_opt(bench, gt_size=32))
+    sampler = EnlargedSampler(ds, 1, 0, ratio=3)
+    sampler.set_epoch(0)
+    indices = list(sampler)
+    assert len(indices) == 3 * len(ds) and max(indices) >= len(ds)  # the plugin's sampler keeps the repeat
+    views = {}
+    for index in indices[:4 * len(ds) // 3]:
+        views.setdefault(index % len(ds), []).append(ds[index]['lq'])
+    repeated = [v for v in views.values() if len(v) > 1]
+    assert repeated and all(not torch.equal(v[0], other) for v in repeated for other in v[1:])
+    assert torch.equal(ds[indices[0]]['lq'], ds[indices[0]]['lq'])  # each (epoch, index) is still reproducible
+
+
 def test_dataloader_with_two_workers(bench):
     ds = make(**disk_opt(bench, gt_size=32, key_view=True))
     loader = torch.utils.data.DataLoader(ds, batch_size=3, shuffle=True, num_workers=2, drop_last=True)

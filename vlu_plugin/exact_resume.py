@@ -83,11 +83,17 @@ def wrap_create_dataloaders(original):
 
 
 def sampler_iter(self):
-    """EnlargedSampler's epoch order (seeded by the epoch), minus the samples a resumed epoch already used."""
+    """EnlargedSampler's epoch order (seeded by the epoch), minus the samples a resumed epoch already used.
+
+    Datasets with `accepts_enlarged_index` get the index before the modulo: one that keys its randomness
+    on (seed, epoch, index) would otherwise draw the same crop for every repeat of a sample in an epoch.
+    """
     g = torch.Generator()
     g.manual_seed(self.epoch)
     indices = torch.randperm(self.total_size, generator=g).tolist()
-    indices = [v % len(self.dataset) for v in indices][self.rank:self.total_size:self.num_replicas]
+    if not getattr(self.dataset, 'accepts_enlarged_index', False):
+        indices = [v % len(self.dataset) for v in indices]
+    indices = indices[self.rank:self.total_size:self.num_replicas]
     skip, self.skip = getattr(self, 'skip', 0), 0
     return iter(indices[skip:])
 

@@ -204,6 +204,10 @@ class MultiDegradationDataset(data.Dataset):
     def __len__(self):
         return len(self.samples)
 
+    # the plugin's sampler passes indices past len(self) when the epoch is enlarged (dataset_enlarge_ratio),
+    # so each repeat of a sample keys its own randomness; __getitem__ takes them modulo len(self)
+    accepts_enlarged_index = True
+
     def set_epoch(self, epoch):
         """Key each training sample's randomness on (seed, epoch, index) from now on.
 
@@ -272,7 +276,7 @@ class MultiDegradationDataset(data.Dataset):
     def __getitem__(self, index):
         if self.is_train and getattr(self, 'epoch', None) is not None:
             random.seed(f'{self.seed}/{self.epoch}/{index}')  # BasicSR's crop and augment draw from `random`
-        t, i = self.samples[index]
+        t, i = self.samples[index % len(self.samples)]
         td = self.tasks[t]
         lq_ref, gt_ref = td.pairs[i]
         gt_name = self._name(td, gt_ref, 'gt')

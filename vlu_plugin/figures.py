@@ -122,16 +122,17 @@ def curves(experiments, path):
 
 def confusion(accuracy, path):
     """Row-normalised confusion matrix of the degradation CLIP over every class (`report.clip_accuracy` output)."""
-    from vlu_plugin.data.tasks import PROMPTS
+    from vlu_plugin.data.tasks import TASKS
     _, exact, by_type, _, pairs = accuracy
-    n = max(len(PROMPTS), 1 + max(max(pair) for pair in pairs))
+    names = {task.label: task.name for task in TASKS}
+    n = max(len(names), 1 + max(max(pair) for pair in pairs))
     matrix = np.zeros((n, n))
     for label, predicted in pairs:
         matrix[label, predicted] += 1
     normalised = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * n, 1.0 + 0.8 * n))
     ax.imshow(normalised, cmap='Blues', vmin=0, vmax=1)
-    ticks = [PROMPTS[i].replace('image with ', '') if i < len(PROMPTS) else str(i) for i in range(n)]
+    ticks = [names.get(i, str(i)) for i in range(n)]
     ax.set_xticks(range(n), ticks, rotation=45, ha='right', fontsize=8)
     ax.set_yticks(range(n), ticks, fontsize=8)
     for i in range(n):

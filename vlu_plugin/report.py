@@ -201,12 +201,12 @@ def clip_accuracy(predictions):
 
 def clip_lines(predictions):
     """The report's paragraph on the degradation CLIP."""
-    from vlu_plugin.data.tasks import PROMPTS
+    from vlu_plugin.data.tasks import TASKS
     _, exact, by_type, per_class, pairs = clip_accuracy(predictions)
-    classes = ', '.join(f'{PROMPTS[label].replace("image with ", "") if label < len(PROMPTS) else label} '
-                        f'{value:.2f}' for label, value in per_class.items())
+    names = {task.label: task.name for task in TASKS}
+    classes = ', '.join(f'{names.get(label, label)} {value:.2f}' for label, value in per_class.items())
     return [f'Degradation CLIP on {len(pairs)} test images: type accuracy {by_type:.3f} (noise at any sigma counted '
-            f'as noise), exact {len(PROMPTS)}-label accuracy {exact:.3f}. Per class: {classes}.', '']
+            f'as noise), exact {len(TASKS)}-label accuracy {exact:.3f}. Per class: {classes}.', '']
 
 
 def build_report(folders, out_dir, title='All-in-one restoration', clip_folder=None, notes=()):

@@ -27,6 +27,7 @@ from vlu_plugin.data.synthesis import add_gaussian_noise, random_degradation
 from vlu_plugin.data.tasks import SOURCES, Task, resolve_tasks
 
 QUANTIZE_MODES = ('truncate', 'round', 'none')
+CLEAN_CACHE_BYTES = 256 << 20  # decoded clean images kept per process for on-the-fly synthesis
 DISK = FileClient('disk')
 _LMDB_CLIENTS = {}  # (pid, folder) -> FileClient: py-lmdb refuses a second open of one environment per process,
 # and a handle must not cross a fork, so datasets of one process share them and each worker opens its own
@@ -235,6 +236,20 @@ class MultiDegradationDataset(data.Dataset):
                 raise FileNotFoundError(f'cannot read image {ref}: {err.strerror or err}') from None
         return decode_image(content, self._name(td, ref, role))
 
+    def _read_clean(self, td, ref):
+        """A clean image that training degrades on the fly, decoded once per process while the cache has room:
+        decoding a whole photo costs more than cutting and degrading a patch of it. Cached images are read-only
+        (every view is cut from them and copied)."""
+        key = (td.backend, td.lmdb['gt'] if td.lmdb else None, ref)
+        cache = self.__dict__.setdefault('_clean_cache', {})
+        if key in cache:
+            return cache[key]
+        img = self._read(td, ref, 'gt')
+        if sum(v.nbytes for v in cache.values()) + img.nbytes <= CLEAN_CACHE_BYTES:
+            img.setflags(write=False)
+            cache[key] = img
+        return img
+
     def _synthesis_rng(self, index, td):
         """Generator for a synthesised sample: fixed per (seed, index, task) in validation; in training also drawn
         from Python's `random`, which BasicSR/torch seed per worker, so workers and epochs differ."""
@@ -252,7 +267,9 @@ class MultiDegradationDataset(data.Dataset):
         region = gt[top:top + src, left:left + src]
         if src != size:
             region = cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA if src > size else cv2.INTER_CUBIC)
-        region = augment(np.ascontiguousarray(region), self.use_hflip, self.use_rot)
+        else:
+            region = region.copy()  # augment flips in place; `gt` may be the cached image
+        region = augment(region, self.use_hflip, self.use_rot)
         if self.color_jitter:  # content colours and exposure must not tell the degradation apart
             region = region[:, :, rng.permutation(3)]
             mean = float(region.mean())
@@ -280,7 +297,7 @@ class MultiDegradationDataset(data.Dataset):
         td = self.tasks[t]
         lq_ref, gt_ref = td.pairs[i]
         gt_name = self._name(td, gt_ref, 'gt')
-        gt = self._read(td, gt_ref, 'gt')
+        gt = self._read_clean(td, gt_ref) if lq_ref is None and self.is_train else self._read(td, gt_ref, 'gt')
         lq = None if lq_ref is None else self._read(td, lq_ref, 'lq')
         if lq is not None and lq.shape[:2] != gt.shape[:2]:
             raise ValueError(f'size mismatch in task {td.task.name!r}: degraded {self._name(td, lq_ref, "lq")} is '

@@ -282,12 +282,16 @@ class MultiDegradationDataset(data.Dataset):
             return add_gaussian_noise(gt, td.sigma, rng, td.quantize)
         return random_degradation(td.synthesis, gt, rng)[0]
 
-    def _view(self, lq, gt, gt_name):
-        """One (lq, gt) view: a random augmented patch in training, the whole image otherwise."""
+    def _view(self, lq, gt, gt_name, augmented=False):
+        """One (lq, gt) view: a random augmented patch in training, the whole image otherwise.
+
+        A synthesised sample was `augmented` as clean content before its degradation (rain still falls
+        downwards, motion stays motion), so its views are only cut, not flipped again."""
         if self.is_train:
             gt, lq = paired_random_crop(gt, lq, self.gt_size, 1, gt_name)
             # copies: augment flips in place, which must not touch the full image a second view is cut from
-            gt, lq = augment([gt.copy(), lq.copy()], self.use_hflip, self.use_rot)
+            gt, lq = (gt.copy(), lq.copy()) if augmented else augment([gt.copy(), lq.copy()], self.use_hflip,
+                                                                       self.use_rot)
         return lq, gt
 
     def __getitem__(self, index):
@@ -310,7 +314,7 @@ class MultiDegradationDataset(data.Dataset):
             if self.is_train:  # degrade only the region the view(s) are cut from: any size of clean image
                 gt = self._clean_region(gt, self.gt_size * (2 if self.key_view else 1), rng)
             lq = self._synthesise(td, gt, rng)
-        lq_out, gt_out = self._view(lq, gt, gt_name)
+        lq_out, gt_out = self._view(lq, gt, gt_name, augmented=lq_ref is None)
         if lq_ref is None:  # synthesised: the task in the name keeps validation images of each sigma apart
             stem, ext = osp.splitext(gt_ref)
             lq_path = f'{stem}_{td.task.name}{ext}'
@@ -320,6 +324,6 @@ class MultiDegradationDataset(data.Dataset):
         sample = {'lq': lq_t, 'gt': gt_t, 'lq_path': lq_path, 'gt_path': gt_ref,
                   'deg_label': td.task.label, 'deg_text': td.task.text}
         if self.key_view:
-            key, _ = self._view(lq, gt, gt_name)
+            key, _ = self._view(lq, gt, gt_name, augmented=lq_ref is None)
             sample['lq_key'] = img2tensor(key, bgr2rgb=False, float32=True)
         return sample

@@ -113,7 +113,10 @@ def test_training_noise_differs_between_draws_and_key_view(bench):
 @pytest.mark.parametrize('task', ['dehaze', 'derain', 'deblur', 'lowlight'])
 def test_synthesised_training_degrades_fresh_crops(bench, task):
     ds = make(tasks=[task], synthesize=True, dataroot_gt=os.path.join(bench, 'train', 'clean'), gt_size=32,
-              scale_range=[0.5, 1.0])
+              scale_range=[0.5, 2.0])  # zooming in (bicubic) overshoots [0, 1] before the synthesis
+    for index in range(12):
+        sample = ds[index]
+        assert torch.isfinite(sample['lq']).all() and 0 <= sample['gt'].min() and sample['gt'].max() <= 1
     random.seed(1)
     a, b = ds[0], ds[0]
     assert a['lq'].shape == a['gt'].shape == (3, 32, 32) and a['deg_label'] == get_task(task).label

@@ -1,9 +1,9 @@
 """`vlu demo`: the embedded all-in-one benchmark end to end, with no download.
 
 Stages: build the benchmark, fine-tune the degradation CLIP, train VLU-Net, PromptIR and AirNet under one
-protocol (the option files in `vlu_plugin/options/demo/`) and the two VLU-Net ablations (uniform prompt
-mixture; the ground-truth prompt's text embedding as the degradation vector), test each on every task's test
-set, and report side by side. Every stage runs BasicSR's own pipeline in a subprocess under `--out`, `--jobs`
+protocol (the option files in `vlu_plugin/options/demo/`) and, with `--ablations`, two VLU-Net variants
+(uniform prompt mixture; the ground-truth prompt's text embedding as the degradation vector), test each on
+every task's test set, and report side by side. Every stage runs BasicSR's own pipeline in a subprocess under `--out`, `--jobs`
 at a time (one thread each on a CPU), each starting as soon as what it needs is done. A re-run skips the
 stages whose outputs exist (`--force` redoes them) and resumes an interrupted training from its last
 checkpoint.
@@ -39,10 +39,10 @@ def add_parser(subparsers):
     parser.add_argument('--clip-iters', type=int, default=None,
                         help=f'CLIP fine-tuning iterations (default {DEFAULTS["clip_iters"]}; '
                         f'{QUICK["clip_iters"]} with --quick)')
-    parser.add_argument('--quick', action='store_true', help='a small benchmark of 64-px crops and short runs, '
-                        'without the ablations (a few minutes)')
-    parser.add_argument('--no-ablations', dest='ablations', action='store_false',
-                        help='skip the two VLU-Net ablation rows')
+    parser.add_argument('--quick', action='store_true', help='a small benchmark of 64-px crops and short runs '
+                        '(a few minutes)')
+    parser.add_argument('--ablations', action='store_true', help='also train and test VLU-Net with a uniform '
+                        'prompt mixture and with the true label\'s text embedding (two more models)')
     parser.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto',
                         help='auto: CUDA when present, else the CPU (default)')
     parser.add_argument('--jobs', type=int, default=2, help='stages run at once (default 2: one per core on a '
@@ -184,7 +184,7 @@ def plan(args):
     clip_stage = Stage('fine-tune the degradation CLIP', 'train', clip,
                        f'experiments/{clip["name"]}/models/net_clip_latest.pth', clip_iters)
     trained = [scale_schedule(load_options(model), iters) for model in MODELS]
-    if args.ablations and not args.quick:
+    if args.ablations:
         trained += [ablation(trained[0], kind) for kind in ABLATIONS]
     stages = [clip_stage]
     for opt in trained:
@@ -257,8 +257,11 @@ def run(args):
     report_start = time.time()
     folders = [osp.join(out, 'results', opt['name']) for opt in trained]
     folders += [osp.join(out, 'experiments', opt['name']) for opt in trained]
+    ran = [f'{title} {seconds:.0f} s' for title, seconds in timings if seconds is not None]
+    notes = [f'Stage times ({args.jobs} at a time, {args.threads} thread(s) each): {", ".join(ran)}; '
+             f'{time.time() - start:.0f} s until the report.', '']
     table = build_report(folders, osp.join(out, 'report'), title='vlu demo: embedded 5-task benchmark',
-                         clip_folder=osp.join(out, 'experiments', clip['name']))
+                         clip_folder=osp.join(out, 'experiments', clip['name']), notes=notes)
     timings += [('report', time.time() - report_start), ('total', time.time() - start)]
     write_timings(osp.join(out, 'report', 'timings.csv'), timings)
     print(table)

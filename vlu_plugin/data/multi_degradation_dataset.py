@@ -267,6 +267,7 @@ class MultiDegradationDataset(data.Dataset):
         region = gt[top:top + src, left:left + src]
         if src != size:
             region = cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA if src > size else cv2.INTER_CUBIC)
+            region = np.clip(region, 0, 1)  # bicubic overshoots; low light's gamma of a negative value is NaN
         else:
             region = region.copy()  # augment flips in place; `gt` may be the cached image
         region = augment(region, self.use_hflip, self.use_rot)

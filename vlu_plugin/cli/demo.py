@@ -23,8 +23,8 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 OPTIONS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'options', 'demo')
 MODELS = ('vlunet', 'promptir', 'airnet')  # option files in OPTIONS_DIR
 ABLATIONS = {'uniform': 'uniform prompt mixture (no CLIP)', 'true_label': 'true-label vector'}
-DEFAULTS = {'iters': 1500, 'clip_iters': 500}
-QUICK = {'iters': 60, 'clip_iters': 60}
+DEFAULTS = {'iters': 850, 'clip_iters': 500}
+QUICK = {'iters': 100, 'clip_iters': 100}
 CLIP_PATH_KEY = 'pretrain_network_degradation_clip'
 
 

@@ -7,8 +7,10 @@ Two parts, named as in the release so its `All.pth` loads strictly with no renam
 - `R` (degradation-guided restorer): groups of blocks whose convolutions are steered by `inter`,
   through modulated deformable convs (offsets and masks predicted from features + `inter`) and
   spatial feature transforms (x·γ(inter) + β(inter)).
-Deformable convolution is `torchvision.ops.deform_conv2d` (same offset/mask layout as mmcv's
-modulated_deform_conv2d). All convolutions are stride 1 in the restorer, so any H×W works unpadded.
+Deformable convolution has torchvision's `deform_conv2d` semantics (same offset/mask layout as mmcv's
+modulated_deform_conv2d); `deform_impl` picks the kernel (`archs/deform_conv.py`: the plugin's own, ~5–8×
+faster on CPU, or torchvision's, the default on CUDA). All convolutions are stride 1 in the restorer, so
+any H×W works unpadded.
 """
 import math
 
@@ -16,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
-from torchvision.ops import deform_conv2d
+
+from vlu_plugin.archs.deform_conv import IMPLS, deform_conv2d
 
 
 def lrelu():
@@ -141,8 +144,9 @@ class ContrastiveDegradationEncoder(nn.Module):
 class DegradationGuidedDeformConv(nn.Module):
     """Modulated deformable 3×3 conv (DCNv2) whose offsets and masks come from [features, degradation map]."""
 
-    def __init__(self, channels, cond_channels):
+    def __init__(self, channels, cond_channels, impl='auto'):
         super().__init__()
+        self.impl = impl  # a plain attribute: checkpoints hold the same keys whichever kernel runs
         self.weight = nn.Parameter(torch.empty(channels, channels, 3, 3))
         bound = 1.0 / math.sqrt(channels * 9)
         nn.init.uniform_(self.weight, -bound, bound)
@@ -155,7 +159,7 @@ class DegradationGuidedDeformConv(nn.Module):
         offset_y, offset_x, mask = self.conv_offset_mask(torch.cat([x, inter], 1)).chunk(3, dim=1)
         # The release concatenates the first two chunks as the offsets, so keep that exact channel order.
         offset = torch.cat([offset_y, offset_x], 1)
-        return deform_conv2d(x, offset, self.weight, padding=1, mask=torch.sigmoid(mask))
+        return deform_conv2d(x, offset, self.weight, padding=1, mask=torch.sigmoid(mask), impl=self.impl)
 
 
 class SpatialFeatureTransform(nn.Module):
@@ -249,16 +253,27 @@ class AirNet(nn.Module):
     `contrastive(x_query, x_key)` is the encoder-only step of the warm-up phase: (logits, labels).
     `encoder_dims[0]` is the degradation map's width; `queue_size` must match a checkpoint's (the
     release used batch·256: 1280 for All.pth, 768 for Denoise.pth, 256 for Derain/Dehaze.pth).
+    `deform_impl`: 'auto' (torchvision's kernel on CUDA, the plugin's elsewhere), 'torch' or 'torchvision';
+    it changes no parameter, so every checkpoint loads whichever is chosen.
     """
 
     def __init__(self, in_channels=3, out_channels=3, num_feat=64, num_groups=5, num_blocks=5,
-                 encoder_dims=(64, 128, 256), queue_size=1280, momentum=0.999, temperature=0.07):
+                 encoder_dims=(64, 128, 256), queue_size=1280, momentum=0.999, temperature=0.07, deform_impl='auto'):
         super().__init__()
+        if deform_impl not in IMPLS:
+            raise ValueError(f'AirNet: network_g.deform_impl must be one of {", ".join(IMPLS)}, got {deform_impl!r}')
         if len(encoder_dims) != 3:
             raise ValueError(f'encoder_dims needs 3 widths (degradation map, middle, embedding), got {encoder_dims}')
         self.R = DegradationGuidedRestorer(in_channels, out_channels, num_feat, encoder_dims[0], num_groups,
                                            num_blocks)
         self.E = ContrastiveDegradationEncoder(in_channels, encoder_dims, queue_size, momentum, temperature)
+        self.set_deform_impl(deform_impl)
+
+    def set_deform_impl(self, impl):
+        """Run every deformable convolution with `impl` ('auto', 'torch' or 'torchvision')."""
+        for module in self.modules():
+            if isinstance(module, DegradationGuidedDeformConv):
+                module.impl = impl
 
     def contrastive(self, x_query, x_key):
         """The encoder's MoCo step alone (AirNet's warm-up): (logits, labels); needs training mode."""

@@ -13,11 +13,13 @@ from conftest import run_vlu
 from test_airnet_model import AIRNET
 from test_degradation_clip import PROMPTS, TINY_CLIP
 from test_reliability import logged_losses, read_log, training_options
+from test_restore import trained  # noqa: F401  (fixture: a tiny VLU-Net + CLIP and their weights)
 from test_train_pipeline import NET, write_options
 from torch import nn
 
 from vlu_plugin import precision
 
+TOTAL = 6  # iterations of the SIGKILL test's runs (checkpoints every 3)
 
 @ARCH_REGISTRY.register()
 class TinyConvNet(nn.Module):
@@ -123,9 +125,24 @@ def test_val_precision_runs_inference_in_bf16_with_float_output(tmp_path):
     assert torch.bfloat16 in dtypes and model.output.dtype == torch.float32
 
 
+def test_grad_scaler_state_round_trips_through_the_training_state(tmp_path):
+    opt = model_options(tmp_path, 'AllInOneModel', dict(NET), amp='fp16',
+                        grad_scaler={'init_scale': 2.0**24, 'growth_interval': 2})
+    model = build_model(opt)
+    for it in range(1, 4):
+        model.feed_data(batch())
+        model.optimize_parameters(it)
+    model.save_training_state(0, 3)
+    state = torch.load(tmp_path / '3.state', weights_only=True)
+    assert state['grad_scaler'] == model.grad_scaler.state_dict() and state['grad_scaler']['scale'] != 2.0**24
+    resumed = build_model(opt)
+    resumed.resume_training(state)
+    assert resumed.grad_scaler.state_dict() == model.grad_scaler.state_dict()
+
+
 def fp16_options(root, name):
     """The SIGKILL test's tiny VLU-Net run in fp16, with a scaler whose scale moves every few iterations."""
-    opt = training_options(root, name)
+    opt = training_options(root, name, total_iter=TOTAL)
     opt['train'].update(amp='fp16', grad_scaler={'init_scale': 2.0**24, 'growth_interval': 2})
     return opt
 
@@ -135,32 +152,32 @@ def test_fp16_grad_scaler_state_survives_sigkill_and_auto_resume(image_pairs):
     run_vlu(['train', '-opt', write_options(root / 'ref.yml', fp16_options(root, 'ref'))], cwd=root)
     ref_exp = root / 'experiments' / 'ref'
     ref_losses = logged_losses(read_log(ref_exp))
-    assert sorted(ref_losses) == list(range(1, 13))
+    assert sorted(ref_losses) == list(range(1, TOTAL + 1))
 
     opt_path = write_options(root / 'killed.yml', fp16_options(root, 'killed'))
     exp = root / 'experiments' / 'killed'
     env = dict(os.environ, OMP_NUM_THREADS='2')
     proc = subprocess.Popen([sys.executable, '-m', 'vlu_plugin.cli', 'train', '-opt', opt_path], cwd=root, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while time.time() < deadline and not (exp / 'training_states' / '3.state').exists():
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     states = sorted(int(p.stem) for p in (exp / 'training_states').glob('*.state'))
-    assert states and states[-1] < 12, f'the run finished before it could be killed: {states}'
+    assert states and states[-1] < TOTAL, f'the run finished before it could be killed: {states}'
     saved = torch.load(exp / 'training_states' / f'{states[-1]}.state', weights_only=True)['grad_scaler']
     assert saved['scale'] != 2.0**24  # the state holds a scale the run moved, which a fresh scaler would not have
 
     run_vlu(['train', '-opt', opt_path, '--auto_resume'], cwd=root)
     losses = logged_losses(read_log(exp))
-    later = list(range(states[-1] + 1, 13))
+    later = list(range(states[-1] + 1, TOTAL + 1))
     assert [losses[it] for it in later] == [ref_losses[it] for it in later]
-    final = torch.load(exp / 'training_states' / '12.state', weights_only=True)['grad_scaler']
-    expected = torch.load(ref_exp / 'training_states' / '12.state', weights_only=True)['grad_scaler']
+    final = torch.load(exp / 'training_states' / f'{TOTAL}.state', weights_only=True)['grad_scaler']
+    expected = torch.load(ref_exp / 'training_states' / f'{TOTAL}.state', weights_only=True)['grad_scaler']
     assert final == expected
-    weights = torch.load(exp / 'models' / 'net_g_12.pth', weights_only=True)['params']
-    reference = torch.load(ref_exp / 'models' / 'net_g_12.pth', weights_only=True)['params']
+    weights = torch.load(exp / 'models' / f'net_g_{TOTAL}.pth', weights_only=True)['params']
+    reference = torch.load(ref_exp / 'models' / f'net_g_{TOTAL}.pth', weights_only=True)['params']
     assert all(torch.equal(weights[k], reference[k]) for k in reference)
 
 
@@ -183,3 +200,34 @@ def test_compile_without_a_compiler_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(precision.shutil, 'which', lambda name: None)
     with pytest.raises(RuntimeError, match='train.compile.*C\\+\\+ compiler'):
         build_model(model_options(tmp_path, 'AllInOneModel', {'type': 'TinyConvNet'}, compile=True))
+
+
+def test_restore_precision_bf16_is_close_to_fp32(trained, tmp_path):
+    import cv2
+    from conftest import write_images
+
+    from vlu_plugin.cli import main
+    write_images(tmp_path / 'in', 1, size=(24, 32))
+    outputs = {}
+    for name in ('fp32', 'bf16'):
+        args = ['restore', '-opt', str(trained / 'test.yml'), '--clip', str(trained / 'clip.pth'), str(tmp_path / 'in'),
+                str(tmp_path / name), '--precision', name]
+        assert main(args) == 0
+        outputs[name] = cv2.imread(str(tmp_path / name / 'img000.png')).astype(int)
+    diff = abs(outputs['fp32'] - outputs['bf16'])
+    assert 0 < diff.max() <= 24, diff.max()  # bf16 really ran, and stayed close to fp32
+
+
+def test_bench_prints_precision_and_the_airnet_reference(tmp_path, capsys):
+    import csv
+
+    from vlu_plugin.cli import main
+    out = tmp_path / 'bench.csv'
+    assert main(['bench', '--quick', '--arch', 'AirNet', '--threads', '1', '--runs', '1', '--warmup', '0',
+                 '--precision', 'bf16', '--no-backward', '--csv', str(out)]) == 0
+    with open(out) as f:
+        rows = {r['arch']: r for r in csv.DictReader(f)}
+    assert set(rows) == {'AirNet', 'AirNet (torchvision dcn)'}
+    assert {r['precision'] for r in rows.values()} == {'bf16'} and rows['AirNet']['compile'] == 'False'
+    assert float(rows['AirNet']['speedup_fwd']) > 0 and float(rows['AirNet']['max_abs_diff']) < 1e-3
+    assert ' bf16 ' in capsys.readouterr().out

@@ -73,7 +73,7 @@ def compile_network(net, device, option, settings=True):
     if kwargs.get('backend', 'inductor') == 'inductor':  # other backends (eager, aot_eager) need no compiler
         problem = compiler_problem(device)
         if problem:
-            raise RuntimeError(f'{option}: {problem}. Install one, or set {option}: false.')
+            raise RuntimeError(f'{option}: {problem}. Install one, or leave {option} off.')
     net.compile(**kwargs)
     return net
 

@@ -70,8 +70,10 @@ def _sampling(x, offset, mask, kernel, stride, padding, dilation):
     hp, wp = h + 2, w + 2
     # int32 indices where they fit: half the memory, and sorting them (backward) is ~2x faster
     index_dtype = torch.int32 if b * hp * wp * groups < 2**31 else torch.int64
-    y0 = y0.clamp_(-1, h - 1).to(index_dtype) + 1
-    x0 = x0.clamp_(-1, w - 1).to(index_dtype) + 1
+    # NaN positions (a NaN batch) are not `inside`: any valid index, while their NaN weights still make the
+    # output NaN, so the models' non-finite-loss check reports the batch
+    y0 = torch.nan_to_num(y0, nan=0.0).clamp_(-1, h - 1).to(index_dtype) + 1
+    x0 = torch.nan_to_num(x0, nan=0.0).clamp_(-1, w - 1).to(index_dtype) + 1
     batch = torch.arange(b, device=device, dtype=index_dtype).view(b, 1, 1, 1, 1) * (hp * wp)
     group = torch.arange(groups, device=device, dtype=index_dtype).view(1, 1, 1, 1, groups)
     top_left = (batch + y0 * wp + x0) * groups + group

@@ -34,8 +34,8 @@ def add_parser(subparsers):
     p.add_argument('--tile-overlap', type=int, default=32)
     p.add_argument('--save-stages', action='store_true', help='save each unfolding stage and the prompt weights')
     p.add_argument('--cpu', action='store_true', help='run on the CPU even when CUDA is available')
-    p.add_argument('--precision', default='fp32', choices=('fp32', 'bf16', 'fp16'),
-                   help='inference under torch.autocast with this dtype (sets val.precision)')
+    p.add_argument('--precision', choices=('fp32', 'bf16', 'fp16'),
+                   help="inference under torch.autocast with this dtype (default: the options' val.precision, else fp32)")
     return 'restore'
 
 
@@ -154,8 +154,8 @@ def restore_one(model, img, tile, stage_folder=None):
     """Restore one float RGB image; returns (restored float RGB, class probabilities or None)."""
     from torch.nn import functional as F
 
-    from vlu_plugin.stages import StageRecorder, save_stages
     from vlu_plugin.precision import inference_autocast
+    from vlu_plugin.stages import StageRecorder, save_stages
     lq = torch.from_numpy(img).permute(2, 0, 1)[None].to(model.device)
     with torch.no_grad(), inference_autocast(model):
         probs = model.degradation_probabilities(lq) if hasattr(model, 'degradation_probabilities') else None

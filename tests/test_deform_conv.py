@@ -97,6 +97,14 @@ def test_offsets_far_outside_give_zero_and_match():
     assert_matches_torchvision(tensors, conv_args)
 
 
+def test_nan_offsets_give_nan_not_an_index_error():
+    tensors, conv_args = make_inputs(1, 4, 5, 6)
+    with torch.no_grad():
+        tensors[1][0, 3, 2, 2] = float('nan')
+    out = deform_conv2d(tensors[0], tensors[1], tensors[2], mask=tensors[3], impl='torch', **conv_args)
+    assert torch.isnan(out[0, :, 2, 2]).all() and torch.isfinite(out[0, :, 0, 0]).all()
+
+
 def test_exact_integer_samples_match_without_exclusions():
     # integer offsets put every sample on a kink, including the border y = -1 / x = -1 next to the padding
     tensors, conv_args = make_inputs(2, 6, 8, 7, integer=True)

@@ -6,6 +6,8 @@ falls on both alike. Peak memory is the peak resident set size above the level b
 CPU (Linux's /proc/self/clear_refs resets the high-water mark, so no extra package is needed), and
 `torch.cuda.max_memory_allocated` above the level before the step on CUDA.
 """
+import contextlib
+import copy
 import importlib.util
 import os
 import re
@@ -92,20 +94,22 @@ def count_flops(net, inputs):
 
 
 # ---- time ------------------------------------------------------------------------------------------
-def forward_fn(net, inputs):
-    """One inference forward (eval mode, no autograd)."""
+def forward_fn(net, inputs, context=contextlib.nullcontext):
+    """One inference forward (eval mode, no autograd), inside `context()` (e.g. an autocast)."""
     def step():
-        with torch.no_grad():
+        with torch.no_grad(), context():
             return net(*inputs)
     return step
 
 
-def train_step_fn(net, inputs):
-    """One training step without the optimizer: forward, L1-style loss, backward, gradients released."""
+def train_step_fn(net, inputs, context=contextlib.nullcontext):
+    """One training step without the optimizer: forward and L1-style loss inside `context()`, backward."""
     def step():
-        out = net(*inputs)
-        out = out[0] if isinstance(out, (tuple, list)) else out
-        out.abs().mean().backward()
+        with context():
+            out = net(*inputs)
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            loss = out.float().abs().mean()
+        loss.backward()
         for p in net.parameters():
             p.grad = None
     return step
@@ -177,6 +181,20 @@ def paired_vlunets(repo_dir, seed=0):
     state = {f'net.{k}': v for k, v in release.state_dict().items()}
     ours.load_state_dict(convert_official('VLUNet', {'state_dict': state}), strict=True)
     return ours, release
+
+
+def paired_airnets(device):
+    """(ours, reference) full-size AirNets with the same weights: ours with the deformable-conv kernel the
+    device defaults to (the plugin's on CPU, torchvision's on CUDA), the reference with the other one."""
+    from vlu_plugin.archs.deform_conv import resolve_impl
+    torch.manual_seed(0)
+    ours = build_network('AirNet')
+    reference = copy.deepcopy(ours)
+    impl = resolve_impl('auto', device)
+    other = 'torch' if impl == 'torchvision' else 'torchvision'
+    ours.set_deform_impl(impl)
+    reference.set_deform_impl(other)
+    return ours, reference, other
 
 
 def max_output_difference(a, b, inputs):

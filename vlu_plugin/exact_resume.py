@@ -2,7 +2,8 @@
 
 BasicSR restarts the interrupted epoch from its first batch and reseeds nothing, so a resumed run sees
 other batches than an uninterrupted one. Three additions make it exact:
-- the training state also stores the Python, NumPy and torch RNG states, restored on resume;
+- the training state also stores the Python, NumPy and torch RNG states, restored on resume (and, for
+  fp16 training, the GradScaler's loss scale and growth tracker);
 - the train sampler skips the samples the interrupted epoch had already consumed;
 - the sampler tells the dataset its epoch (`dataset.set_epoch`), so datasets that key their randomness
   on (seed, epoch, index), as MultiDegradationDataset does, are exact with any number of workers.
@@ -49,16 +50,22 @@ def save_training_state(self, epoch, current_iter):
     state = {'epoch': epoch, 'iter': current_iter, 'rng': rng_state(),
              'optimizers': [o.state_dict() for o in self.optimizers],
              'schedulers': [s.state_dict() for s in self.schedulers]}
+    scaler = getattr(self, 'grad_scaler', None)
+    if scaler is not None and scaler.is_enabled():  # fp16 training (train.amp): its loss scale and growth count
+        state['grad_scaler'] = scaler.state_dict()
     save_checkpoint(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))
 
 
 def wrap_resume_training(original):
-    """BaseModel.resume_training that also restores the RNG states saved with the training state."""
+    """BaseModel.resume_training that also restores the RNG states and the fp16 GradScaler saved with the state."""
 
     def resume_training(self, resume_state):
         original(self, resume_state)
         if 'rng' in resume_state:
             set_rng_state(resume_state['rng'])
+        scaler = getattr(self, 'grad_scaler', None)
+        if scaler is not None and 'grad_scaler' in resume_state:
+            scaler.load_state_dict(resume_state['grad_scaler'])  # a disabled scaler (not fp16 now) ignores it
 
     resume_training.__doc__ = original.__doc__
     return resume_training

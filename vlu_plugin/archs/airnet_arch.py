@@ -8,7 +8,7 @@ Two parts, named as in the release so its `All.pth` loads strictly with no renam
   through modulated deformable convs (offsets and masks predicted from features + `inter`) and
   spatial feature transforms (x·γ(inter) + β(inter)).
 Deformable convolution has torchvision's `deform_conv2d` semantics (same offset/mask layout as mmcv's
-modulated_deform_conv2d); `deform_impl` picks the kernel (`archs/deform_conv.py`: the plugin's own, ~5–8×
+modulated_deform_conv2d); `deform_impl` picks the kernel (`archs/deform_conv.py`: the plugin's own, ~7–8×
 faster on CPU, or torchvision's, the default on CUDA). All convolutions are stride 1 in the restorer, so
 any H×W works unpadded.
 """

@@ -70,8 +70,10 @@ def _sampling(x, offset, mask, kernel, stride, padding, dilation):
     hp, wp = h + 2, w + 2
     # int32 indices where they fit: half the memory, and sorting them (backward) is ~2x faster
     index_dtype = torch.int32 if b * hp * wp * groups < 2**31 else torch.int64
-    y0 = y0.clamp_(-1, h - 1).to(index_dtype) + 1
-    x0 = x0.clamp_(-1, w - 1).to(index_dtype) + 1
+    # NaN positions (a NaN batch) are not `inside`: any valid index, while their NaN weights still make the
+    # output NaN, so the models' non-finite-loss check reports the batch
+    y0 = torch.nan_to_num(y0, nan=0.0).clamp_(-1, h - 1).to(index_dtype) + 1
+    x0 = torch.nan_to_num(x0, nan=0.0).clamp_(-1, w - 1).to(index_dtype) + 1
     batch = torch.arange(b, device=device, dtype=index_dtype).view(b, 1, 1, 1, 1) * (hp * wp)
     group = torch.arange(groups, device=device, dtype=index_dtype).view(1, 1, 1, 1, groups)
     top_left = (batch + y0 * wp + x0) * groups + group
@@ -215,9 +217,23 @@ def _grouped_cols_grad(go, weight, wgroups, taps, c):
 
 def deform_conv2d(x, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, impl='auto'):
     """torchvision.ops.deform_conv2d's result (same arguments and layouts), by `impl` (see the module docstring)."""
-    if resolve_impl(impl, x.device) == 'torchvision':
-        from torchvision.ops import deform_conv2d as tv_deform_conv2d
-        return tv_deform_conv2d(x, offset, weight, bias, stride, padding, dilation, mask)
+    # Under autocast both kernels run in float32 and return x's dtype (torchvision's own autocast rule, which
+    # it registers for CUDA only; its CPU kernel has no bf16/fp16): sampling positions in bf16/fp16 would be
+    # off by whole pixels on large images.
+    dtype = torch.promote_types(torch.promote_types(x.dtype, weight.dtype), torch.float32)
+    cast = [None if t is None else t.to(dtype) for t in (x, offset, weight, bias, mask)]
+    with torch.autocast(x.device.type, enabled=False):
+        if resolve_impl(impl, x.device) == 'torchvision':
+            from torchvision.ops import deform_conv2d as tv_deform_conv2d
+            x32, offset32, weight32, bias32, mask32 = cast
+            out = tv_deform_conv2d(x32, offset32, weight32, bias32, stride, padding, dilation, mask32)
+        else:
+            out = _deform_conv2d(*cast, stride, padding, dilation)
+    return out.to(x.dtype)
+
+
+def _deform_conv2d(x, offset, weight, bias, mask, stride, padding, dilation):
+    """The plugin's kernel on same-dtype tensors, with torchvision's argument checks."""
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     b, c, h, w = x.shape
     cout, cin_g, kh, kw = weight.shape
@@ -235,9 +251,5 @@ def deform_conv2d(x, offset, weight, bias=None, stride=1, padding=0, dilation=1,
         mask = offset.new_ones(b, groups * taps, ho, wo)
     elif mask.shape != (b, groups * taps, ho, wo):
         raise ValueError(f'deform_conv2d: mask {tuple(mask.shape)} should be {(b, groups * taps, ho, wo)}')
-    dtype = torch.promote_types(x.dtype, weight.dtype)  # autocast may hand over mixed dtypes
-    out = _DeformConv.apply(x.to(dtype), offset.to(dtype), weight.to(dtype), mask.to(dtype), stride, padding,
-                            dilation)
-    if bias is not None:
-        out = out + bias.to(out.dtype).view(1, -1, 1, 1)
-    return out
+    out = _DeformConv.apply(x, offset, weight, mask, stride, padding, dilation)
+    return out if bias is None else out + bias.view(1, -1, 1, 1)

@@ -109,12 +109,22 @@ class _ChannelAttention(torch.autograd.Function):
         attn = torch.softmax(cosine * temperature, dim=-1)
         ctx.save_for_backward(q, k, v, temperature, attn, cosine, scale, q_norm, k_norm)
         ctx.shape = shape
+        # the backward re-enters the forward's autocast (what torch.amp.custom_bwd does, for any device),
+        # so that its products see the dtypes the forward's did
+        device = q.device.type
+        ctx.autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
         # (attn·v)ᵀ = vᵀ·attnᵀ comes out pixel-major, i.e. channels_last
         return _heads_to_channels_last(v.transpose(-2, -1) @ attn.transpose(-2, -1), shape)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
+        device = grad_out.device.type
+        with torch.autocast(device, dtype=ctx.autocast, enabled=ctx.autocast is not None):
+            return _ChannelAttention._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
         q, k, v, temperature, attn, cosine, scale, q_norm, k_norm = ctx.saved_tensors
         grad_out = split_heads(grad_out, q.shape[1])
         # every large gradient is computed transposed so that it comes out pixel-major

@@ -34,6 +34,8 @@ def add_parser(subparsers):
     p.add_argument('--tile-overlap', type=int, default=32)
     p.add_argument('--save-stages', action='store_true', help='save each unfolding stage and the prompt weights')
     p.add_argument('--cpu', action='store_true', help='run on the CPU even when CUDA is available')
+    p.add_argument('--precision', choices=('fp32', 'bf16', 'fp16'),
+                   help="inference under torch.autocast with this dtype (default: the options' val.precision, else fp32)")
     return 'restore'
 
 
@@ -64,6 +66,7 @@ def load_options(args):
     opt['num_gpu'] = gpus if opt.get('num_gpu', 'auto') == 'auto' else min(int(opt['num_gpu']), gpus)
     opt.setdefault('path', {})
     opt.setdefault('val', {})
+    opt['val']['precision'] = getattr(args, 'precision', None) or opt['val'].get('precision')
     weights = args.weights or opt['path'].get('pretrain_network_g') or found_weights
     if weights is None:
         raise ValueError(f'{path}: no network weights: set path.pretrain_network_g, pass --weights, or give an '
@@ -151,9 +154,10 @@ def restore_one(model, img, tile, stage_folder=None):
     """Restore one float RGB image; returns (restored float RGB, class probabilities or None)."""
     from torch.nn import functional as F
 
+    from vlu_plugin.precision import inference_autocast
     from vlu_plugin.stages import StageRecorder, save_stages
     lq = torch.from_numpy(img).permute(2, 0, 1)[None].to(model.device)
-    with torch.no_grad():
+    with torch.no_grad(), inference_autocast(model):
         probs = model.degradation_probabilities(lq) if hasattr(model, 'degradation_probabilities') else None
         h, w = lq.shape[-2:]
         whole = not tile or max(h, w) <= tile['size']

@@ -7,7 +7,8 @@
   classifier's accuracy where the data carries labels, and machine-readable `metrics.csv` /
   `degradation_predictions.csv` next to the log;
 - `val.crop_to_multiple: 16` reproduces the papers' protocol of centre-cropping lq and gt;
-  `val.tile: {size, overlap}` bounds memory on large images.
+  `val.tile: {size, overlap}` bounds memory on large images;
+- `train.amp`, `val.precision` and `train.compile` / `network_g.compile` (see vlu_plugin.precision).
 PromptIR trains with this model as it is (plain L1).
 """
 import csv
@@ -23,6 +24,7 @@ from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY
 
+from vlu_plugin.precision import MixedPrecisionMixin, pop_compile_option
 from vlu_plugin.tiling import tiled_forward
 
 
@@ -45,10 +47,19 @@ def append_csv(path, header, rows):
 
 
 @MODEL_REGISTRY.register()
-class AllInOneModel(SRModel):
+class AllInOneModel(MixedPrecisionMixin, SRModel):
     """SRModel plus conditioned restoration, per-degradation validation, paper metrics and tiling."""
 
     ACCURACY_METRIC = 'degradation_acc'
+
+    def __init__(self, opt):
+        self.compile_networks = pop_compile_option(opt, 'network_g')  # before SRModel builds network_g
+        super().__init__(opt)
+
+    def init_training_settings(self):
+        """SRModel's (losses, optimizers, schedulers, EMA), then `train.amp`."""
+        super().init_training_settings()
+        self.setup_precision()
 
     # ---- restoration -------------------------------------------------------------------------------
     def condition(self, lq):
@@ -60,7 +71,8 @@ class AllInOneModel(SRModel):
         extra = self.condition(lq)
         if not tile:
             return net(lq, *extra)
-        return tiled_forward(lambda patch: net(patch, *extra), lq, tile['size'], tile.get('overlap', 32))
+        # tiles blend in float32 even under autocast (val.precision)
+        return tiled_forward(lambda patch: net(patch, *extra).float(), lq, tile['size'], tile.get('overlap', 32))
 
     def degradation_probabilities(self, lq):
         """Per-degradation probabilities (B, n) from the model's classifier, or None if it has none."""
@@ -108,11 +120,11 @@ class AllInOneModel(SRModel):
 
     def optimize_parameters(self, current_iter):
         self.optimizer_g.zero_grad()
-        losses = self.training_losses(current_iter)
-        total = sum(losses.values())
+        with self.train_autocast():  # the forward, the conditioning and the losses; backward runs outside
+            losses = self.training_losses(current_iter)
+            total = sum(losses.values())
         self.check_finite(total, current_iter)
-        total.backward()
-        self.optimizer_g.step()
+        self.backward_and_step(total, self.optimizer_g)
         self.log_dict = self.reduce_loss_dict(losses)
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
@@ -121,8 +133,8 @@ class AllInOneModel(SRModel):
         net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
         was_training = net.training
         net.eval()
-        with torch.no_grad():
-            self.output = self.restore(net, self.lq, self.opt.get('val', {}).get('tile'))
+        with torch.no_grad(), self.eval_autocast():
+            self.output = self.restore(net, self.lq, self.opt.get('val', {}).get('tile')).float()
         net.train(was_training)
 
     # ---- validation ----------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from vlu_plugin.archs.degradation_clip_arch import ADAPTER_PREFIXES
 from vlu_plugin.checkpoints import convert_official, load_checkpoint
 from vlu_plugin.models.all_in_one_model import append_csv
+from vlu_plugin.precision import MixedPrecisionMixin, pop_compile_option
 
 ACCURACY_METRIC = 'degradation_acc'
 OVERALL = 'overall'
@@ -64,7 +65,7 @@ class _LearnableState:
 
 
 @MODEL_REGISTRY.register()
-class DegradationCLIPModel(BaseModel):
+class DegradationCLIPModel(MixedPrecisionMixin, BaseModel):
     """Trains a DegradationCLIP's adapters with cross-entropy against degradation labels; reports accuracy."""
 
     # BasicSR's logger + tensorboard lines for validation metrics; they only read metric_results
@@ -72,6 +73,7 @@ class DegradationCLIPModel(BaseModel):
 
     def __init__(self, opt):
         super().__init__(opt)
+        self.compile_networks = pop_compile_option(opt, 'network_clip')
         self.net_clip = self.model_to_device(build_network(opt['network_clip']))
         self.print_network(self.net_clip)
         load_path = opt['path'].get('pretrain_network_clip')
@@ -100,6 +102,7 @@ class DegradationCLIPModel(BaseModel):
         self.optimizers.append(self.optimizer_clip)
         if train_opt.get('scheduler'):
             self.setup_schedulers()
+        self.setup_precision()
 
     def feed_data(self, data):
         """Take `lq` and `deg_label` from a MultiDegradationDataset batch; check labels against the prompts."""
@@ -126,12 +129,12 @@ class DegradationCLIPModel(BaseModel):
         if self.deg_label is None:
             raise KeyError('DegradationCLIPModel trains on deg_label; the training dataset gives none')
         self.optimizer_clip.zero_grad()
-        logits = self.net_clip(self.lq)
-        l_ce = F.cross_entropy(logits, self.deg_label)
+        with self.train_autocast():
+            logits = self.net_clip(self.lq)
+            l_ce = F.cross_entropy(logits, self.deg_label)
         if not torch.isfinite(l_ce):
             raise FloatingPointError(f'non-finite loss at iteration {current_iter}; batch: {self.batch_paths}')
-        l_ce.backward()
-        self.optimizer_clip.step()
+        self.backward_and_step(l_ce, self.optimizer_clip)
         accuracy = (logits.detach().argmax(dim=1) == self.deg_label).float().mean()
         self.log_dict = self.reduce_loss_dict(OrderedDict(l_ce=l_ce.detach(), train_acc=accuracy))
 
@@ -139,8 +142,8 @@ class DegradationCLIPModel(BaseModel):
         """Logits of `self.lq` in eval mode, into `self.output`."""
         was_training = self.net_clip.training
         self.net_clip.eval()
-        with torch.no_grad():
-            self.output = self.clip.logits(self.lq)
+        with torch.no_grad(), self.eval_autocast():
+            self.output = self.clip.logits(self.lq).float()
         self.net_clip.train(was_training)
 
     # ---- validation ------------------------------------------------------------------------------------

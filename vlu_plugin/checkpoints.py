@@ -141,3 +141,36 @@ def save_checkpoint(obj, path):
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def network_keys(arch_name):
+    """The state-dict keys of the full-size default `arch_name` network (built on the meta device: no memory)."""
+    import vlu_plugin  # noqa: F401  (registers the archs)
+    from basicsr.utils.registry import ARCH_REGISTRY
+    with torch.device('meta'):
+        return set(ARCH_REGISTRY.get(arch_name)().state_dict())
+
+
+def key_match(arch_name, state):
+    """The fraction of `state`'s keys that `arch_name` has (1.0: every key has a place in the network).
+
+    Networks built with other options (fewer blocks, another width) keep this at or near 1; a checkpoint of
+    another network scores near 0.
+    """
+    own = network_keys(arch_name)
+    return len(own & set(state)) / max(len(state), 1)
+
+
+def guess_network(checkpoint, exclude=()):
+    """(arch name, key match) of the known layout `checkpoint` fits best, or (None, 0.0)."""
+    best = (None, 0.0)
+    for arch_name in _LAYOUTS:
+        if arch_name in exclude or arch_name == 'DegradationCLIP':  # adapters only: not a whole network
+            continue
+        try:
+            score = key_match(arch_name, convert_official(arch_name, checkpoint))
+        except (KeyError, ValueError, TypeError):
+            continue
+        if score > best[1]:
+            best = (arch_name, score)
+    return best

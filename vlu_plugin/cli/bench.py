@@ -9,6 +9,8 @@ import os
 
 import torch
 
+from vlu_plugin.errors import UserError
+
 ARCHS = ('VLUNet', 'PromptIR', 'AirNet')
 RELEASE = 'VLUNet (release)'
 QUICK = dict(size=16, runs=2, warmup=1)
@@ -143,8 +145,7 @@ def run(args):
     archs = [a.strip() for a in args.arch.split(',') if a.strip()]
     unknown = [a for a in archs if a not in ARCHS]
     if unknown or not archs:
-        print(f'vlu bench: error: unknown arch {unknown}; choose from {",".join(ARCHS)}')
-        return 2
+        raise UserError(f'--arch: unknown arch {unknown}; choose from {",".join(ARCHS)}')
     if args.reference_vlunet and 'VLUNet' not in archs:
         print('vlu bench: note: --reference-vlunet compares VLUNet only, which --arch leaves out')
     base = QUICK if args.quick else DEFAULT
@@ -155,8 +156,7 @@ def run(args):
         rows = bench(archs, settings['size'], args.batch, settings, args.device, args.reference_vlunet,
                      backward=not args.no_backward)
     except (FileNotFoundError, ImportError, RuntimeError) as error:
-        print(f'vlu bench: error: {error}')
-        return 1
+        raise UserError(str(error)) from error
     print(f'\nmedian of {settings["runs"]} runs after {settings["warmup"]} warm-up; {torch.get_num_threads()} CPU '
           f'threads; peak memory above the level before the step (CPU: RSS, CUDA: allocated)')
     print(format_table(rows))

@@ -52,6 +52,7 @@ def load_resume_state(opt):
     from basicsr.utils import check_resume, scandir
 
     from vlu_plugin import experiment_lock
+    from vlu_plugin.checkpoints import load_error_reason
     from vlu_plugin.errors import UserError
     root = opt['path'].get('experiments_root')
     if root and opt['rank'] == 0:
@@ -82,8 +83,7 @@ def load_resume_state(opt):
             try:
                 resume_state = read(path)
             except Exception as error:
-                first = (str(error).splitlines() or [''])[0]
-                print(f'vlu train: warning: {path} is unreadable ({type(error).__name__}: {first}); '
+                print(f'vlu train: warning: {path} is unreadable ({load_error_reason(error)}); '
                       'trying the previous training state', file=sys.stderr, flush=True)
                 continue
             opt['path']['resume_state'] = path
@@ -98,9 +98,8 @@ def load_resume_state(opt):
         try:
             resume_state = read(path)
         except Exception as error:
-            first = (str(error).splitlines() or [''])[0]
             raise UserError(f'path.resume_state {path}: not a readable training state (truncated or corrupt): '
-                            f'{type(error).__name__}: {first}') from None
+                            f'{load_error_reason(error)}') from None
 
     if resume_state is None:
         return None
@@ -360,13 +359,16 @@ def wrap_resume_schedule(original):
         import torch
         original(self, resume_state)
         options = dict(self.opt.get('train', {}).get('scheduler') or {})
-        kind = options.pop('type', None)
+        kind = options.pop('type', None)  # BasicSR's setup_schedulers has popped it already
         for scheduler in self.schedulers:
-            if type(scheduler).__name__ != kind:
+            if kind is not None and type(scheduler).__name__ != kind:
                 continue
             groups = [{'params': [torch.zeros(1, requires_grad=True)], 'lr': g.get('initial_lr', g['lr'])}
                       for g in scheduler.optimizer.param_groups]
-            fresh = type(scheduler)(torch.optim.SGD(groups, lr=groups[0]['lr']), **options)
+            try:
+                fresh = type(scheduler)(torch.optim.SGD(groups, lr=groups[0]['lr']), **options)
+            except TypeError:  # a scheduler these options do not describe (a model's own)
+                continue
             for key, value in fresh.state_dict().items():
                 if key not in _SCHEDULER_POSITION:
                     setattr(scheduler, key, value)

@@ -95,12 +95,12 @@ def load_options(args):
     return opt, weights
 
 
-def build(args):
-    """The BasicSR model (eval mode) the options describe, with its weights loaded."""
+def build(args, loaded=None):
+    """The BasicSR model (eval mode) the options describe (`loaded`: load_options' result), weights loaded."""
     from basicsr.models import build_model
 
     from vlu_plugin.checkpoints import load_checkpoint
-    opt, weights = load_options(args)
+    opt, weights = loaded or load_options(args)
     model = build_model(opt)
     if weights.endswith('.safetensors'):
         model.get_bare_model(model.net_g).load_state_dict(load_checkpoint(weights), strict=True)
@@ -248,9 +248,11 @@ def run(args):
         raise UserError(f'--tile-overlap {args.tile_overlap} must be smaller than --tile {args.tile}')
     if osp.exists(args.output) and not osp.isdir(args.output):
         raise UserError(f'output {args.output}: exists and is not a folder')
-    inputs = list_inputs(args.input, args.output)  # before the model: a wrong folder is reported at once
     try:
-        model, weights = build(args)
+        loaded = load_options(args)
+        # the inputs before the model: a wrong folder is reported at once
+        inputs = list_inputs(args.input, args.output)
+        model, weights = build(args, loaded)
     except UserError:
         raise
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as error:

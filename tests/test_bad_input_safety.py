@@ -175,16 +175,20 @@ def test_safety_auto_resume_without_states_keeps_the_folder(tmp_path):
 
 
 # ---- 4. training that would train nothing ----------------------------------------------------------------
-def test_safety_batch_larger_than_the_training_set_is_refused():
-    from basicsr.data.data_sampler import EnlargedSampler
-    dataset = list(range(14))
-    sampler = EnlargedSampler(dataset, 1, 0, 1)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=64, sampler=sampler, drop_last=True)
-    opt = {'world_size': 1, 'datasets': {'train': {'batch_size_per_gpu': 64, 'dataset_enlarge_ratio': 1}}}
-    with pytest.raises(UserError, match=r'datasets\.train\.batch_size_per_gpu 64 is larger than the 14 training '
-                                        r'samples'):
-        compat.check_train_loader(opt, loader)
-    compat.check_train_loader(opt, torch.utils.data.DataLoader(dataset, batch_size=7, drop_last=True))  # fine
+def test_safety_batch_larger_than_the_training_set_is_refused(image_pairs):
+    import logging
+
+    import basicsr.train
+    opt = paired_options(image_pairs, 'big_batch')  # 4 pairs
+    opt.update(world_size=1, rank=0, dist=False, num_gpu=0)
+    for phase, block in opt['datasets'].items():
+        block.update(phase=phase, scale=1)
+    opt['datasets']['train']['batch_size_per_gpu'] = 64
+    with pytest.raises(UserError, match=r'datasets\.train\.batch_size_per_gpu 64 is larger than the 4 training '
+                                        r'samples per process \(4 in the set, dataset_enlarge_ratio 1'):
+        basicsr.train.create_train_val_dataloader(opt, logging.getLogger('test'))
+    opt['datasets']['train']['dataset_enlarge_ratio'] = 16  # 64 samples: one full batch per epoch
+    assert len(basicsr.train.create_train_val_dataloader(opt, logging.getLogger('test'))[0]) == 1
 
 
 # ---- 5. conversions of the wrong network -----------------------------------------------------------------
@@ -326,6 +330,7 @@ OPTION_CASES = {
     'short_periods': ({'train__total_iter': 10}, r'train\.scheduler\.periods: they cover 6 iterations, fewer than '
                                                  r'train\.total_iter 10'),
     'no_num_gpu': ({'num_gpu': KeyError}, r'num_gpu: missing'),
+    'include_missing': ('name: x\ndatasets: !include nowhere.yml\n', r'!include nowhere\.yml: no such file'),
     'num_gpu_2': ({'num_gpu': 2}, r'num_gpu: 2 GPUs asked for, 0 available \(CUDA is not available here'),
     'phase': ({'datasets__tset': {'type': 'X'}}, r"datasets\.tset: unknown phase 'tset'"),
 }

@@ -50,6 +50,8 @@ def load_option_file(path):
         raise UserError(f'{path}{where}: {tag}') from None
     except yaml.YAMLError as error:
         raise UserError(f'{path}: not valid YAML: {" ".join(str(error).split())}') from None
+    except (FileNotFoundError, KeyError) as error:  # a broken `!include`: its message names both files
+        raise UserError(error.args[0] if error.args else str(error)) from None
     if opt is None:
         raise UserError(f'{path}: the option file is empty')
     if not isinstance(opt, dict):

@@ -36,7 +36,7 @@ def load_option_file(path):
     except UnicodeDecodeError:
         text = None
     if text is None or '\0' in text:  # an image, a checkpoint, ... handed to -opt
-        raise UserError(f'{path}: not a text file; an option file is YAML text')
+        raise UserError(f'{path}: not a text file; an option file is YAML text (UTF-8)')
     try:
         with open(path, encoding='utf-8') as f:
             opt = yaml.load(f, Loader=option_loader())
@@ -219,9 +219,7 @@ def validate_options(opt, path, phase='train'):
     seed = opt.get('manual_seed')
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         c.fail('manual_seed', f'{seed!r} is not a whole number')
-    c.block(opt, 'path', 'path', required=False)
-    if 'path' in opt and opt['path'] is None:
-        opt['path'] = {}
+    c.block(opt, 'path', 'path')  # BasicSR reads it unconditionally; `path: {}` will do
     _check_datasets(c, opt, phase)
     if phase != 'train':
         return opt

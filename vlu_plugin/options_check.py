@@ -61,6 +61,7 @@ def load_option_file(path):
 
 
 def _hint(key, choices):
+    """' (did you mean X?)' for the closest of `choices`, or ''."""
     close = difflib.get_close_matches(str(key), [str(c) for c in choices], 1)
     return f' (did you mean {close[0]!r}?)' if close else ''
 
@@ -94,6 +95,7 @@ class _Checker:
         self.opt, self.path = opt, path
 
     def fail(self, where, what):
+        """Raise the UserError `<file>: <option>: <what is wrong>`."""
         raise UserError(f'{self.path}: {where}: {what}')
 
     def block(self, parent, key, where, required=True):

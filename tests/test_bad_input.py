@@ -451,8 +451,8 @@ def test_bad_input_convert_or_load_a_missing_checkpoint(tmp_path, capsys, monkey
     save_checkpoint({'params': {'w': torch.ones(3)}}, str(out))
     before = digest(out)
     monkeypatch.chdir(tmp_path)
-    assert main(['convert', 'airnet', 'All.pth', 'airnet.pth']) == 1
-    assert 'vlu convert: error: checkpoint not found: All.pth' in capsys.readouterr().out
+    assert main(['convert', 'airnet', 'All.pth', 'airnet.pth']) == 2
+    assert 'vlu convert: error: checkpoint not found: All.pth' in capsys.readouterr().err
     assert digest(out) == before  # the earlier output is untouched
 
 

@@ -162,7 +162,7 @@ def test_cli_refuses_then_accepts_with_trust(tmp_path, monkeypatch, capsys):
     torch.save({'state_dict': net.state_dict(), 'hyper_parameters': argparse.Namespace(lr=2e-4)}, tmp_path / 'a.pth')
     monkeypatch.chdir(tmp_path)
     assert main(['convert', 'airnet', 'a.pth', 'out.pth']) != 0
-    refused = capsys.readouterr().out
+    refused = capsys.readouterr().err
     assert 'refusing to load' in refused and '--trust' in refused
     assert not (tmp_path / 'out.pth').exists()
     assert main(['convert', 'airnet', 'a.pth', 'out.pth', '--trust']) == 0

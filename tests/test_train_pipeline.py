@@ -1,4 +1,5 @@
 """`vlu train` / `vlu test` run BasicSR's own pipelines on CPU: AdamW, auto-resume, results under the CWD."""
+import csv
 import os
 
 import torch
@@ -42,11 +43,17 @@ def write_options(path, opt):
 
 def test_train_resume_and_test_on_cpu(image_pairs):
     root = image_pairs
-    opt_path = write_options(root / 'train.yml', paired_options(root, 'tiny_vlunet'))
+    first = paired_options(root, 'tiny_vlunet')
+    first['train']['scheduler']['periods'] = [4]  # the cosine ends with the run; the resume below extends both
+    opt_path = write_options(root / 'train.yml', first)
     log = run_vlu(['train', '-opt', opt_path], cwd=root).stdout
     exp = root / 'experiments' / 'tiny_vlunet'
     assert (exp / 'models' / 'net_g_4.pth').is_file(), log
     assert 'Validation pairs_val' in log and '# psnr_float' in log
+    # validations at 2 and 4, and the final one recorded at 4 (BasicSR's counter ends past total_iter)
+    with open(exp / 'metrics.csv') as f:
+        assert {row['iter'] for row in csv.DictReader(f)} == {'2', '4'}
+    assert not (exp / 'vlu.lock').exists()  # the run's lock is gone with it
     # validation images go under the set's name, so sets sharing file names never overwrite each other
     assert (exp / 'visualization' / 'pairs_val' / 'img000_2.png').is_file()
     assert (exp / 'metrics.csv').read_text().startswith('iter,dataset,metric,value')
@@ -55,7 +62,8 @@ def test_train_resume_and_test_on_cpu(image_pairs):
     state = torch.load(exp / 'models' / 'net_g_4.pth', weights_only=True)
     VLUNet(**{k: v for k, v in NET.items() if k != 'type'}).load_state_dict(state['params'], strict=True)
 
-    # resume on CPU from the latest training state and train further
+    # resume on CPU from the latest training state and train further, with the cosine stretched to the new end
+    # (the saved scheduler state holds the old periods, which end at 4)
     longer = paired_options(root, 'tiny_vlunet', total_iter=6)
     log = run_vlu(['train', '-opt', write_options(root / 'train6.yml', longer), '--auto_resume'], cwd=root).stdout
     assert 'Resuming training from epoch' in log and 'iter: 4' in log, log[-3000:]

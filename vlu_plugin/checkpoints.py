@@ -97,6 +97,16 @@ def _is_torch_file(path):
         return f.read(1) == b'\x80' or zipfile.is_zipfile(f)
 
 
+def load_error_reason(error):
+    """The informative part of a torch.load error: for weights-only refusals the unpickler's own complaint,
+    without torch's advice to turn weights_only off (which would run code from the file)."""
+    text = str(error)
+    if 'WeightsUnpickler error:' in text:
+        text = text.split('WeightsUnpickler error:', 1)[1].split('Check the documentation', 1)[0]
+        return f'{type(error).__name__}: {" ".join(text.split())}'
+    return f'{type(error).__name__}: {(text.splitlines() or [""])[0]}'
+
+
 def load_checkpoint(path, trust=False, map_location='cpu'):
     """Load a `.pth`/`.ckpt`/`.safetensors` file without running pickled code unless `trust` is set."""
     path = os.fspath(path)
@@ -114,13 +124,12 @@ def load_checkpoint(path, trust=False, map_location='cpu'):
         # weights_only refuses pickled globals with an UnpicklingError, but says the same of bytes that are no
         # pickle at all; a cut-short zip, a text or an empty file is damage that --trust would not cure
         if not (isinstance(error, pickle.UnpicklingError) and _is_torch_file(path)):
-            first = (str(error).splitlines() or [''])[0]
             raise ValueError(f'{path}: not a readable checkpoint (truncated, corrupt or not a PyTorch file): '
-                             f'{type(error).__name__}: {first}') from None
+                             f'{load_error_reason(error)}') from None
         if not trust:
             raise RuntimeError(
                 f'{path}: refusing to load: the file needs pickled Python objects beyond tensors '
-                f'({type(error).__name__}: {str(error).splitlines()[0]}). Loading it could run code. '
+                f'({load_error_reason(error)}). Loading it could run code. '
                 'If you trust its source, pass --trust (or trust=True).') from error
         return torch.load(path, map_location=map_location, weights_only=False)
 
@@ -141,3 +150,39 @@ def save_checkpoint(obj, path):
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def network_keys(arch_name):
+    """The state-dict keys of the full-size default `arch_name` network (built on the meta device: no memory)."""
+    import vlu_plugin  # noqa: F401  (registers the archs)
+    from basicsr.utils.registry import ARCH_REGISTRY
+    try:
+        with torch.device('meta'):
+            return set(ARCH_REGISTRY.get(arch_name)().state_dict())
+    except (RuntimeError, NotImplementedError):  # an __init__ that computes on its tensors: build it for real
+        return set(ARCH_REGISTRY.get(arch_name)().state_dict())
+
+
+def key_match(arch_name, state):
+    """The fraction of `state`'s keys that `arch_name` has (1.0: every key has a place in the network).
+
+    Networks built with other options (fewer blocks, another width) keep this at or near 1; a checkpoint of
+    another network scores near 0.
+    """
+    own = network_keys(arch_name)
+    return len(own & set(state)) / max(len(state), 1)
+
+
+def guess_network(checkpoint, exclude=()):
+    """(arch name, key match) of the known layout `checkpoint` fits best, or (None, 0.0)."""
+    best = (None, 0.0)
+    for arch_name in _LAYOUTS:
+        if arch_name in exclude or arch_name == 'DegradationCLIP':  # adapters only: not a whole network
+            continue
+        try:
+            score = key_match(arch_name, convert_official(arch_name, checkpoint))
+        except Exception:  # a layout that does not apply to this checkpoint at all
+            continue
+        if score > best[1]:
+            best = (arch_name, score)
+    return best

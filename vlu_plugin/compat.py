@@ -8,7 +8,11 @@ first thing. `patch_basicsr()` runs after BasicSR is imported and fixes what 1.4
 - checkpoints and training states written atomically, and loaded with `weights_only=True`;
 - an unknown key in a network block names the key and the allowed ones (not a bare TypeError);
 - exact resume (RNG states, skipping consumed batches; see `exact_resume`);
-- option files may share blocks: `datasets: !include ../_shared/5task_datasets.yml`.
+- option files may share blocks: `datasets: !include ../_shared/5task_datasets.yml`, and are read with a
+  safe loader and checked before anything is built (`options_check`);
+- one live run per experiment folder (`experiment_lock`); `--auto_resume` never archives the folder it
+  resumes, skips an unreadable latest state, and takes the options' new scheduler periods;
+- a training set without one full batch is refused; the final validation is recorded at total_iter.
 Each patch is applied once.
 """
 import importlib
@@ -47,27 +51,66 @@ def load_resume_state(opt):
     import torch
     from basicsr.utils import check_resume, scandir
 
-    resume_state_path = None
-    if opt['auto_resume']:
-        state_path = osp.join(opt['path']['experiments_root'], 'training_states')
-        if osp.isdir(state_path):
-            states = list(scandir(state_path, suffix='state', recursive=False, full_path=False))
-            if states:
-                states = [float(v.split('.state')[0]) for v in states]
-                resume_state_path = osp.join(state_path, f'{max(states):.0f}.state')
-                opt['path']['resume_state'] = resume_state_path
-    elif opt['path'].get('resume_state'):
-        resume_state_path = opt['path']['resume_state']
-
-    if resume_state_path is None:
-        return None
+    from vlu_plugin import experiment_lock
+    from vlu_plugin.checkpoints import load_error_reason
+    from vlu_plugin.errors import UserError
+    root = opt['path'].get('experiments_root')
+    if root and opt['rank'] == 0:
+        experiment_lock.check_free(root)  # before anything is read, archived or written
     if opt['num_gpu'] > 0 and torch.cuda.is_available():
         device_id = torch.cuda.current_device()
         location = lambda storage, loc: storage.cuda(device_id)  # noqa: E731
     else:
         location = 'cpu'
-    resume_state = torch.load(resume_state_path, map_location=location, weights_only=True)
+
+    def read(path):
+        state = torch.load(path, map_location=location, weights_only=True)
+        if not isinstance(state, dict) or not isinstance(state.get('iter'), int):
+            raise ValueError('no iteration in it')
+        return state
+
+    resume_state = None
+    if opt['auto_resume']:
+        state_path = osp.join(opt['path']['experiments_root'], 'training_states')
+        found = []
+        if osp.isdir(state_path):
+            found = [v for v in scandir(state_path, suffix='state', recursive=False, full_path=False)
+                     if v[:-len('.state')].isdigit()]
+        # newest first; a state cut short (a crash mid-write before saves were atomic, a full disk) is
+        # named and skipped for the newest readable one
+        for name in sorted(found, key=lambda v: int(v[:-len('.state')]), reverse=True):
+            path = osp.join(state_path, name)
+            try:
+                resume_state = read(path)
+            except Exception as error:
+                print(f'vlu train: warning: {path} is unreadable ({load_error_reason(error)}); '
+                      'trying the previous training state', file=sys.stderr, flush=True)
+                continue
+            opt['path']['resume_state'] = path
+            break
+        if found and resume_state is None:
+            raise UserError(f'{state_path}: none of the {len(found)} training states is readable; '
+                            'start without --auto_resume (the folder is then archived) or restore a state')
+    elif opt['path'].get('resume_state'):
+        path = opt['path']['resume_state']
+        if not osp.isfile(path):
+            raise UserError(f'path.resume_state {path}: no such file')
+        try:
+            resume_state = read(path)
+        except Exception as error:
+            raise UserError(f'path.resume_state {path}: not a readable training state (truncated or corrupt): '
+                            f'{load_error_reason(error)}') from None
+
+    if resume_state is None:
+        return None
+    total_iter = int(opt['train']['total_iter'])
+    if resume_state['iter'] > total_iter:
+        raise UserError(f'{opt["path"]["resume_state"]} was saved at iteration {resume_state["iter"]}, past '
+                        f'train.total_iter {total_iter} of {_OPTION_FILE.get("path", "the options")}: raise '
+                        'total_iter to train further, or use another name for a new run')
     check_resume(opt, resume_state['iter'])
+    if root and opt['rank'] == 0:
+        experiment_lock.acquire(root)
     from vlu_plugin import exact_resume
     exact_resume.remember_position(resume_state)
     return resume_state
@@ -144,11 +187,12 @@ class _TorchWithSafeIO:
         save_checkpoint(obj, path)
 
     @staticmethod
-    def load(f, *args, **kwargs):
-        """torch.load with weights_only=True."""
-        import torch
-        kwargs['weights_only'] = True
-        return torch.load(f, *args, **kwargs)
+    def load(f, map_location='cpu', **kwargs):
+        """`checkpoints.load_checkpoint`: weights only, and damage reported as damage (naming the file), not
+        as torch's advice to allow pickled code."""
+        from vlu_plugin.checkpoints import load_checkpoint
+        # BasicSR passes `lambda storage, loc: storage`, i.e. the CPU
+        return load_checkpoint(f, map_location='cpu' if callable(map_location) else map_location)
 
 
 def _deep_update(base, override):
@@ -193,19 +237,158 @@ def _include(loader, node):
     return block
 
 
+_OPTION_LOADER = None
+
+
+def option_loader():
+    """The YAML loader of option files: PyYAML's safe loader (no Python tags, so no code runs), ordered
+    mappings as BasicSR's, and `!include`."""
+    global _OPTION_LOADER
+    if _OPTION_LOADER is None:
+        from collections import OrderedDict
+
+        import yaml
+
+        class OptionLoader(yaml.SafeLoader):
+            """PyYAML's safe loader with ordered mappings (as BasicSR's) and `!include`."""
+
+        OptionLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                     lambda loader, node: OrderedDict(loader.construct_pairs(node)))
+        OptionLoader.add_constructor('!include', _include)
+        _OPTION_LOADER = OptionLoader
+    return _OPTION_LOADER
+
+
 def ordered_yaml():
-    """BasicSR's (Loader, Dumper) pair, with an `!include` tag so option files can share blocks."""
-    from collections import OrderedDict
+    """BasicSR's (Loader, Dumper) pair with the safe option loader (see `option_loader`)."""
+    return option_loader(), _ORIGINAL_ORDERED_YAML()[1]
 
-    import yaml
 
-    class OptionLoader(yaml.Loader):
-        """PyYAML's full loader with ordered mappings (as BasicSR's) and `!include`."""
+_OPTION_FILE = {}  # {'path': the option file of this process's train/test run}, for messages after parsing
 
-    OptionLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-                                 lambda loader, node: OrderedDict(loader.construct_pairs(node)))
-    OptionLoader.add_constructor('!include', _include)
-    return OptionLoader, _ORIGINAL_ORDERED_YAML()[1]
+
+def wrap_parse_options(original, phase):
+    """BasicSR's parse_options, after the option file and `--force_yml` passed `validate_options`."""
+
+    def parse_options(root_path, is_train=True):
+        import argparse
+
+        from vlu_plugin.options_check import apply_force_yml, load_option_file, validate_options
+        # the flags BasicSR's parser reads; argparse errors are BasicSR's own (usage, exit 2)
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument('-opt')
+        pre.add_argument('--force_yml', nargs='+')
+        pre.add_argument('--debug', action='store_true')
+        known, _ = pre.parse_known_args()
+        if known.opt is not None:
+            draft = apply_force_yml(load_option_file(known.opt), known.force_yml, known.opt)
+            if known.debug and isinstance(draft.get('name'), str) and not draft['name'].startswith('debug'):
+                draft['name'] = 'debug_' + draft['name']
+            validate_options(draft, known.opt, phase)
+            _OPTION_FILE['path'] = known.opt
+        opt, args = original(root_path, is_train)
+        validate_options(opt, args.opt, phase)  # converts the numbers YAML left as strings in the real options
+        return opt, args
+
+    return parse_options
+
+
+def make_exp_dirs(opt):
+    """BasicSR's make_exp_dirs, except that a folder another live run holds is refused, a folder that
+    `--auto_resume` resumes is never archived, and the new run takes the folder's lock."""
+    import os
+    import os.path as osp
+
+    from basicsr.utils import misc
+
+    from vlu_plugin import experiment_lock
+    if opt['rank'] != 0:  # BasicSR's make_exp_dirs is master_only
+        return
+    if not opt['is_train']:
+        return misc.make_exp_dirs(opt)
+    root = opt['path']['experiments_root']
+    experiment_lock.check_free(root)
+    if opt.get('auto_resume') and osp.isdir(root):
+        # resuming a run that saved no state yet: keep its folder (BasicSR would rename it to *_archived_*)
+        for key, path in opt['path'].items():
+            if key != 'experiments_root' and not any(s in key for s in ('strict_load', 'pretrain_network',
+                                                                         'resume', 'param_key')):
+                os.makedirs(path, exist_ok=True)
+    else:
+        misc.make_exp_dirs(opt)
+    experiment_lock.acquire(root)
+
+
+def check_train_loader(opt, train_loader):
+    """Refuse a training set that yields no batch (BasicSR drops the last incomplete one): it would 'train'
+    zero iterations, exit 0 and save untrained weights."""
+    from vlu_plugin.errors import UserError
+    if train_loader is None or len(train_loader):
+        return
+    dataset_opt = opt['datasets']['train']
+    samples = len(train_loader.sampler) if train_loader.sampler is not None else len(train_loader.dataset)
+    batch = dataset_opt['batch_size_per_gpu']
+    ratio = dataset_opt.get('dataset_enlarge_ratio', 1)
+    raise UserError(f'{_OPTION_FILE.get("path", "options")}: datasets.train.batch_size_per_gpu {batch} is larger '
+                    f'than the {samples} training samples per process ({len(train_loader.dataset)} in the set, '
+                    f'dataset_enlarge_ratio {ratio}, {opt["world_size"]} process(es)): no full batch; lower the '
+                    'batch size or raise dataset_enlarge_ratio')
+
+
+def wrap_create_train_loader(original):
+    """basicsr.train.create_train_val_dataloader followed by `check_train_loader`."""
+
+    def create_train_val_dataloader(opt, logger):
+        result = original(opt, logger)
+        check_train_loader(opt, result[0])
+        return result
+
+    return create_train_val_dataloader
+
+
+# a scheduler's state holds its schedule (periods, milestones, ...) next to its position; these are position
+_SCHEDULER_POSITION = {'base_lrs', 'last_epoch', '_step_count', '_last_lr', '_get_lr_called_within_step', 'verbose',
+                       '_is_initial'}
+
+
+def wrap_resume_schedule(original):
+    """BaseModel.resume_training, then the schedule of the options (a longer run's new `periods`) at the saved
+    position: torch restores the old periods with the state, and the cosine fails past their end."""
+
+    def resume_training(self, resume_state):
+        import torch
+        original(self, resume_state)
+        options = dict(self.opt.get('train', {}).get('scheduler') or {})
+        kind = options.pop('type', None)  # BasicSR's setup_schedulers has popped it already
+        for scheduler in self.schedulers:
+            if kind is not None and type(scheduler).__name__ != kind:
+                continue
+            groups = [{'params': [torch.zeros(1, requires_grad=True)], 'lr': g.get('initial_lr', g['lr'])}
+                      for g in scheduler.optimizer.param_groups]
+            try:
+                fresh = type(scheduler)(torch.optim.SGD(groups, lr=groups[0]['lr']), **options)
+            except TypeError:  # a scheduler these options do not describe (a model's own)
+                continue
+            for key, value in fresh.state_dict().items():
+                if key not in _SCHEDULER_POSITION:
+                    setattr(scheduler, key, value)
+
+    resume_training.__doc__ = original.__doc__
+    return resume_training
+
+
+def wrap_validation(original):
+    """BaseModel.validation with the iteration capped at train.total_iter: BasicSR's loop leaves its counter
+    past the end (one per remaining epoch), so the final validation was recorded at a later iteration."""
+
+    def validation(self, dataloader, current_iter, tb_logger, save_img=False):
+        total = (self.opt.get('train') or {}).get('total_iter') if self.opt.get('is_train') else None
+        if isinstance(current_iter, int) and total is not None and current_iter > int(total):
+            current_iter = int(total)
+        return original(self, dataloader, current_iter, tb_logger, save_img)
+
+    validation.__doc__ = original.__doc__
+    return validation
 
 
 _ORIGINAL_ORDERED_YAML = None
@@ -236,4 +419,11 @@ def patch_basicsr():
     base_model.BaseModel.model_to_device = model_to_device
     base_model.torch = _TorchWithSafeIO()
     exact_resume.install()
+    import basicsr.test
+    basicsr.train.parse_options = wrap_parse_options(basicsr.train.parse_options, 'train')
+    basicsr.test.parse_options = wrap_parse_options(basicsr.test.parse_options, 'test')
+    basicsr.train.make_exp_dirs = make_exp_dirs
+    basicsr.train.create_train_val_dataloader = wrap_create_train_loader(basicsr.train.create_train_val_dataloader)
+    base_model.BaseModel.resume_training = wrap_resume_schedule(base_model.BaseModel.resume_training)
+    base_model.BaseModel.validation = wrap_validation(base_model.BaseModel.validation)
     _PATCHED = True

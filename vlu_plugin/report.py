@@ -15,7 +15,8 @@ import re
 from collections import OrderedDict, defaultdict
 
 import numpy as np
-import yaml
+
+from vlu_plugin.errors import UserError
 
 
 def atomic_write_text(path, text):
@@ -27,12 +28,16 @@ def atomic_write_text(path, text):
 
 
 def _options(folder):
-    """The option file BasicSR copied into `folder` (the newest .yml), as a dict; {} when there is none."""
+    """The option file BasicSR copied into `folder` (the newest .yml), as a dict; {} when there is none or it
+    cannot be read (its `!include`s are relative to where it came from): the label then falls back."""
+    from vlu_plugin.options_check import load_option_file
     ymls = sorted(glob.glob(osp.join(folder, '*.yml')), key=osp.getmtime)
     if not ymls:
         return {}
-    with open(ymls[-1]) as f:
-        return yaml.safe_load(f) or {}
+    try:
+        return load_option_file(ymls[-1])
+    except (UserError, OSError, KeyError):
+        return {}
 
 
 def iteration(value):
@@ -40,11 +45,35 @@ def iteration(value):
     return int(value) if str(value).lstrip('-').isdigit() else math.inf
 
 
-def _read_csv(path):
+def _read_csv(path, columns=()):
+    """The rows of the CSV at `path` ([] when absent); UserError, naming the file, for a binary or malformed one."""
     if not osp.isfile(path):
         return []
-    with open(path, newline='') as f:
-        return list(csv.DictReader(f))
+    try:
+        with open(path, newline='', encoding='utf-8') as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise UserError(f'{path}: not a readable CSV file ({type(error).__name__})') from None
+    missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    if missing:
+        raise UserError(f'{path}: expected the columns {",".join(columns)}, the header is '
+                        f'{",".join(reader.fieldnames or []) or "empty"}')
+    return rows
+
+
+def _read_json(path):
+    """The mapping in the JSON file at `path` ({} when absent); UserError, naming the file, when corrupt."""
+    if not osp.isfile(path):
+        return {}
+    try:
+        with open(path, encoding='utf-8') as f:
+            info = json.load(f)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise UserError(f'{path}: not valid JSON ({error})') from None
+    if not isinstance(info, dict):
+        raise UserError(f'{path}: expected a JSON object, got {type(info).__name__}')
+    return info
 
 
 class Run:
@@ -53,22 +82,29 @@ class Run:
     def __init__(self, folder):
         self.folder = folder
         if not osp.isdir(folder):
-            raise FileNotFoundError(f'not a folder: {folder}')
-        info_path = osp.join(folder, 'run.json')
-        info = json.load(open(info_path)) if osp.isfile(info_path) else {}
+            raise UserError(f'{folder}: no such folder' if not osp.exists(folder) else f'{folder}: not a folder')
+        info = _read_json(osp.join(folder, 'run.json'))
         opt = _options(folder)
-        self.label = (info.get('network') or (opt.get('network_g') or {}).get('type')
-                      or osp.basename(osp.normpath(folder)))
-        if info.get('variant'):
-            self.label = f'{self.label} ({info["variant"]})'
-        rows = _read_csv(osp.join(folder, 'metrics.csv'))
+        self.network = (info.get('network') or (opt.get('network_g') or {}).get('type')
+                        or osp.basename(osp.normpath(folder)))
+        if info.get('variant'):  # e.g. VLU-Net without its CLIP
+            self.network = f'{self.network} ({info["variant"]})'
+        self.name = str(opt.get('name') or osp.basename(osp.normpath(folder)))
+        self.label = self.network
+        metrics_path = osp.join(folder, 'metrics.csv')
+        rows = _read_csv(metrics_path, ('iter', 'dataset', 'metric', 'value'))
         self.is_experiment = bool(glob.glob(osp.join(folder, 'train_*.log')))
-        if not rows and not self.is_experiment:
-            raise FileNotFoundError(f'{folder}: no metrics.csv (run validation or `vlu test` with val.metrics)')
+        if not rows and not self.is_experiment:  # an experiment without validation still has its curves
+            raise UserError(f'{folder}: no metrics in metrics.csv' if osp.isfile(metrics_path) else
+                            f'{folder}: no metrics.csv (run validation, or `vlu test` with val.metrics)')
         self.history = defaultdict(dict)  # iter → {(dataset, metric): value}
         self.datasets = list(OrderedDict.fromkeys(r['dataset'] for r in rows))
-        for r in rows:
-            self.history[iteration(r['iter'])][(r['dataset'], r['metric'])] = float(r['value'])
+        for line, r in enumerate(rows, start=2):
+            try:
+                value = float(r['value'])
+            except (TypeError, ValueError):
+                raise UserError(f'{metrics_path} line {line}: value {r["value"]!r} is not a number') from None
+            self.history[iteration(r['iter'])][(r['dataset'], r['metric'])] = value
         self.final = {}
         for it in sorted(self.history):  # later validations overwrite earlier ones
             self.final.update(self.history[it])
@@ -103,15 +139,46 @@ class Run:
 
 
 def merge_runs(folders):
-    """Runs by label; a result folder's final metrics win over an experiment's for the same label."""
-    runs = OrderedDict()
-    experiments = {}
+    """(runs by label, experiments by label): one table row per run.
+
+    Two folders are one run only when they hold the same experiment name and network, one an experiment
+    and one a result (BasicSR's experiments/<name> and results/<name>, as `vlu demo` passes them): the
+    result's final metrics win and the experiment gives the curves. Labels are the network's name; runs of
+    the same network add their experiment name, and the folder's path where even that repeats.
+    """
+    loaded, seen = [], set()
     for folder in folders:
-        run = Run(folder)
-        if run.is_experiment:
-            experiments[run.label] = run
-        if any(m == 'psnr' for _, m in run.final) and (run.label not in runs or not run.is_experiment):
-            runs[run.label] = run
+        if osp.realpath(folder) not in seen:  # a folder named twice counts once
+            seen.add(osp.realpath(folder))
+            loaded.append(Run(folder))
+    groups = []
+    for run in loaded:
+        partner = next((g for g in groups if (g[0].network, g[0].name) == (run.network, run.name)
+                        and all(r.is_experiment != run.is_experiment for r in g)), None)
+        if partner is None:
+            groups.append([run])
+        else:
+            partner.append(run)
+
+    def label(group, rule):
+        first = group[0]
+        return {0: first.network, 1: f'{first.network} ({first.name})',
+                2: f'{first.network} ({osp.normpath(first.folder)})'}[rule]
+
+    labels = [label(g, 0) for g in groups]
+    for rule in (1, 2):
+        labels = [label(g, rule) if labels.count(text) > 1 else text for g, text in zip(groups, labels)]
+    runs, experiments = OrderedDict(), OrderedDict()
+    for group, text in zip(groups, labels):
+        for run in group:
+            run.label = text
+        # runs with restoration metrics (not a CLIP experiment's accuracy only), results first
+        scored = sorted((r for r in group if any(m == 'psnr' for _, m in r.final)), key=lambda r: r.is_experiment)
+        if scored:
+            runs[text] = scored[0]
+        trained = [r for r in group if r.is_experiment]
+        if trained:
+            experiments[text] = trained[0]
     return runs, experiments
 
 
@@ -216,8 +283,10 @@ def build_report(folders, out_dir, title='All-in-one restoration', clip_folder=N
     when given, else from the first run that recorded degradation predictions.
     """
     from vlu_plugin import figures
+    runs, experiments = merge_runs(folders)  # every folder is read before anything is written
+    if osp.exists(out_dir) and not osp.isdir(out_dir):
+        raise UserError(f'--out {out_dir}: exists and is not a folder')
     os.makedirs(out_dir, exist_ok=True)
-    runs, experiments = merge_runs(folders)
     datasets, rows = table(runs)
     write_results_csv(osp.join(out_dir, 'results.csv'), datasets, rows)
     clip_run = Run(clip_folder) if clip_folder else next((r for r in runs.values() if r.predictions), None)

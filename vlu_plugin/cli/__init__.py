@@ -2,9 +2,12 @@
 
 Each module defines `add_parser(subparsers)`, returning the name (or names) it registered, and either
 `run(args)` or, for commands that hand their flags to BasicSR untouched, `run_argv(name, argv)`.
+A `UserError` raised by any of them is printed as `vlu <command>: error: <message>` on stderr, exit status 2
+(set VLU_TRACEBACK=1 for the traceback).
 """
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -28,10 +31,19 @@ def main(argv=None):
         names = module.add_parser(sub)
         for name in [names] if isinstance(names, str) else names:
             modules[name] = module
-    if argv and hasattr(modules.get(argv[0]), 'run_argv'):
-        return modules[argv[0]].run_argv(argv[0], argv[1:])
-    args = parser.parse_args(argv)
-    return modules[args.command].run(args)
+    from vlu_plugin.errors import UserError
+    command = argv[0] if argv else 'vlu'
+    try:
+        if argv and hasattr(modules.get(argv[0]), 'run_argv'):
+            return modules[argv[0]].run_argv(argv[0], argv[1:])
+        args = parser.parse_args(argv)
+        return modules[args.command].run(args)
+    except UserError as error:
+        # the one place user errors are reported: like argparse's, on stderr with status 2
+        if os.environ.get('VLU_TRACEBACK'):
+            raise
+        print(f'vlu {command}: error: {error}', file=sys.stderr, flush=True)
+        return 2
 
 
 if __name__ == '__main__':

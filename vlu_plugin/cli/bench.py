@@ -16,6 +16,8 @@ import sys
 
 import torch
 
+from vlu_plugin.errors import UserError
+
 ARCHS = ('VLUNet', 'PromptIR', 'AirNet')
 RELEASE = 'VLUNet (release)'
 QUICK = dict(size=16, runs=2, warmup=1)
@@ -190,8 +192,7 @@ def run(args):
     archs = [a.strip() for a in args.arch.split(',') if a.strip()]
     unknown = [a for a in archs if a not in ARCHS]
     if unknown or not archs:
-        print(f'vlu bench: error: unknown arch {unknown}; choose from {",".join(ARCHS)}', file=sys.stderr)
-        return 2
+        raise UserError(f'--arch: unknown arch {unknown}; choose from {",".join(ARCHS)}')
     if args.reference_vlunet and 'VLUNet' not in archs:
         print('vlu bench: note: --reference-vlunet compares VLUNet only, which --arch leaves out')
     base = QUICK if args.quick else DEFAULT
@@ -205,8 +206,7 @@ def run(args):
                      backward=not args.no_backward, precision=args.precision, compile_nets=args.compile,
                      reference_airnet=not args.no_reference_airnet)
     except (FileNotFoundError, ImportError, RuntimeError) as error:
-        print(f'vlu bench: error: {error}', file=sys.stderr)
-        return 1
+        raise UserError(str(error)) from error
     print(f'\nmedian of {settings["runs"]} runs after {settings["warmup"]} warm-up; {torch.get_num_threads()} CPU '
           f'threads; img/s: batch / fwd+bwd time; peak memory above the level before the step (CPU: RSS, CUDA: '
           'allocated)')

@@ -8,7 +8,8 @@ Checkpoints that need pickled Python objects are refused unless `--trust` is giv
 """
 import os.path as osp
 
-from vlu_plugin.checkpoints import convert_official, load_checkpoint, save_checkpoint
+from vlu_plugin.checkpoints import convert_official, guess_network, key_match, load_checkpoint, save_checkpoint
+from vlu_plugin.errors import UserError
 
 # kind → (convert_official's arch name, what the release calls the file)
 KINDS = {
@@ -62,11 +63,29 @@ def check_against_default(arch_name, state):
             'build network_g with the options it was trained with')
 
 
+def check_network(kind, path, ckpt, state):
+    """Refuse a conversion whose keys mostly have no place in the target network, naming what it looks like."""
+    arch_name = KINDS[kind][0]
+    if arch_name == 'DegradationCLIP':  # convert_official kept only adapter keys, or refused
+        return
+    score = key_match(arch_name, state)
+    if score >= 0.5:
+        return
+    guess, guess_score = guess_network(ckpt, exclude=(arch_name,))
+    kinds = {v[0]: k for k, v in KINDS.items()}
+    looks = (f'; it looks like a {guess} checkpoint ({guess_score:.0%} of its keys match): '
+             f'try `vlu convert {kinds.get(guess, guess)}`' if guess and guess_score >= 0.5
+             else '; it matches none of the known networks')
+    raise UserError(f'{path}: not a {arch_name} checkpoint: {score:.0%} of its {len(state)} keys are '
+                    f'{arch_name} keys{looks}. Nothing was written')
+
+
 def convert(kind, checkpoint, out, trust=False):
     """Convert `checkpoint` of `kind`; returns [(path written, note)]."""
     arch_name = KINDS[kind][0]
     ckpt = load_checkpoint(checkpoint, trust=trust)
     state = {k: v.detach().clone().contiguous() for k, v in convert_official(arch_name, ckpt).items()}
+    check_network(kind, checkpoint, ckpt, state)
     written = [(write_state(state, out), check_against_default(arch_name, state))]
     if kind == 'vlunet':
         inner = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {}
@@ -82,10 +101,11 @@ def run(args):
     """Run `vlu convert`."""
     try:
         written = convert(args.kind, args.checkpoint, args.out, args.trust)
+    except UserError:
+        raise
     except (FileNotFoundError, RuntimeError, ValueError, KeyError, TypeError) as error:
         # one readable line; the refusal of pickled objects explains --trust itself
-        print(f'vlu convert: error: {error}')
-        return 1
+        raise UserError(error.args[0] if isinstance(error, KeyError) and error.args else str(error)) from error
     for path, note in written:
         print(f'wrote {path}: {note}')
     return 0

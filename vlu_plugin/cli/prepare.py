@@ -8,7 +8,28 @@ import os
 import os.path as osp
 import sys
 
+from vlu_plugin.errors import UserError
+
 LIST_EXAMPLES = 10  # missing partners named in the report per set
+SIZES = (32, 300)  # crop sizes: the degradations need 32 px; the smallest bundled photo is 300 px high
+
+
+def _crop_size(text):
+    """argparse type of `synthetic --size`: checked at parse time."""
+    import argparse
+    try:
+        size = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a whole number') from None
+    if not SIZES[0] <= size <= SIZES[1]:
+        raise argparse.ArgumentTypeError(f'{size} is out of range: use {SIZES[0]} to {SIZES[1]} pixels')
+    return size
+
+
+def _not_a_file(path, what):
+    """Refuse an output path that exists as a file (a folder is expected there)."""
+    if osp.exists(path) and not osp.isdir(path):
+        raise UserError(f'{what} {path}: exists and is not a folder; remove it or choose another path')
 
 
 def add_parser(subparsers):
@@ -18,7 +39,8 @@ def add_parser(subparsers):
     sub = parser.add_subparsers(dest='prepare_command', metavar='WHAT', required=True)
     p = sub.add_parser('synthetic', help="the embedded 5-task benchmark from scikit-image's bundled photos")
     p.add_argument('--out', default='datasets/synthetic', help='output folder (default: %(default)s)')
-    p.add_argument('--size', type=int, default=128, help='crop size in pixels (default: %(default)s)')
+    p.add_argument('--size', type=_crop_size, default=128,
+                   help=f'crop size in pixels, {SIZES[0]} to {SIZES[1]} (default: %(default)s)')
     p.add_argument('--quick', action='store_true', help='one crop per image: a tiny set for smoke tests')
     p.add_argument('--seed', type=int, default=0, help='seed of crops and degradations (default: %(default)s)')
     p.add_argument('--force', action='store_true', help='rebuild even if an identical build is there')
@@ -46,6 +68,7 @@ def run(args):
 def run_synthetic(args):
     """Build (or confirm) the embedded benchmark."""
     from vlu_plugin.data.synthetic_benchmark import build_synthetic_benchmark
+    _not_a_file(args.out, '--out')
     build_synthetic_benchmark(args.out, size=args.size, quick=args.quick, force=args.force, seed=args.seed)
     return 0
 
@@ -55,6 +78,7 @@ def run_lmdb(args):
     from vlu_plugin.data.image_io import list_images, write_lmdb
     if not osp.isdir(args.folder):
         raise FileNotFoundError(f'folder {args.folder} does not exist')
+    _not_a_file(args.out, 'LMDB target')
     images = list_images(args.folder)
     if not images:
         raise ValueError(f'no images under {args.folder}')
@@ -94,6 +118,7 @@ def run_lists(args):
     if not osp.isdir(root):
         raise FileNotFoundError(f'datasets root {root} does not exist')
     out = args.out or osp.join(root, 'meta_info')
+    _not_a_file(out, '--out')
     os.makedirs(out, exist_ok=True)
     absent, gaps = [], 0
     print(f'pair lists for {args.preset} under {root} -> {out}')

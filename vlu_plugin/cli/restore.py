@@ -14,9 +14,12 @@ import glob
 import os
 import os.path as osp
 import re
+import sys
 
 import numpy as np
 import torch
+
+from vlu_plugin.errors import UserError
 
 TOP_K = 3
 
@@ -30,13 +33,31 @@ def add_parser(subparsers):
     p.add_argument('output', help='output folder')
     p.add_argument('--clip', help='degradation CLIP weights (overrides path.pretrain_network_degradation_clip)')
     p.add_argument('--weights', help='network weights (overrides path.pretrain_network_g); .pth or .safetensors')
-    p.add_argument('--tile', type=int, default=512, help='tile size for large images; 0 restores whole images')
-    p.add_argument('--tile-overlap', type=int, default=32)
+    p.add_argument('--tile', type=_count('--tile'), default=512,
+                   help='tile size for large images; 0 restores whole images')
+    p.add_argument('--tile-overlap', type=_count('--tile-overlap'), default=32)
     p.add_argument('--save-stages', action='store_true', help='save each unfolding stage and the prompt weights')
     p.add_argument('--cpu', action='store_true', help='run on the CPU even when CUDA is available')
     p.add_argument('--precision', choices=('fp32', 'bf16', 'fp16'),
                    help="inference under torch.autocast with this dtype (default: the options' val.precision, else fp32)")
     return 'restore'
+
+
+def _count(flag):
+    """An argparse type: a whole number >= 0, refused at parse time with the flag's name."""
+    import argparse
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{text!r} is not a whole number') from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f'{value} is negative')
+        return value
+
+    parse.__name__ = flag
+    return parse
 
 
 def resolve_options(opt_arg):
@@ -56,11 +77,9 @@ def resolve_options(opt_arg):
 
 def load_options(args):
     """BasicSR options for inference from `args`: parsed YAML, is_train False, no dist, weights resolved."""
-    import basicsr.utils.options as options  # ordered_yaml is vlu_plugin's (with !include) once imported
-    import yaml
+    from vlu_plugin.options_check import load_option_file, validate_options
     path, found_weights = resolve_options(args.opt)
-    with open(path) as f:
-        opt = yaml.load(f, Loader=options.ordered_yaml()[0])
+    opt = validate_options(load_option_file(path), path, 'restore')
     opt['is_train'], opt['dist'], opt['rank'], opt['world_size'] = False, False, 0, 1
     gpus = 0 if args.cpu or not torch.cuda.is_available() else torch.cuda.device_count()
     opt['num_gpu'] = gpus if opt.get('num_gpu', 'auto') == 'auto' else min(int(opt['num_gpu']), gpus)
@@ -79,12 +98,12 @@ def load_options(args):
     return opt, weights
 
 
-def build(args):
-    """The BasicSR model (eval mode) the options describe, with its weights loaded."""
+def build(args, loaded=None):
+    """The BasicSR model (eval mode) the options describe (`loaded`: load_options' result), weights loaded."""
     from basicsr.models import build_model
 
     from vlu_plugin.checkpoints import load_checkpoint
-    opt, weights = load_options(args)
+    opt, weights = loaded or load_options(args)
     model = build_model(opt)
     if weights.endswith('.safetensors'):
         model.get_bare_model(model.net_g).load_state_dict(load_checkpoint(weights), strict=True)
@@ -96,11 +115,11 @@ def read_input(path):
     """(float RGB HWC in [0, 1], how to write it back: (sample dtype, channel count, alpha or None))."""
     from basicsr.utils import imfrombytes
 
-    from vlu_plugin.data.image_io import decode_image
+    from vlu_plugin.data.image_io import apply_orientation, decode_image, exif_orientation
     with open(path, 'rb') as f:
         content = f.read()
-    img = decode_image(content, path)  # raises ValueError, naming the file, for undecodable bytes
-    raw = imfrombytes(content, flag='unchanged')
+    img = decode_image(content, path)  # raises ValueError, naming the file, for undecodable bytes; upright
+    raw = apply_orientation(imfrombytes(content, flag='unchanged'), exif_orientation(content))
     channels = 1 if raw.ndim == 2 else raw.shape[2]
     alpha = raw[:, :, -1].copy() if channels in (2, 4) else None
     return img, (raw.dtype, channels, alpha)
@@ -132,22 +151,47 @@ def encode_like(rgb, fmt, ext):
 
 
 def write_bytes(content, path):
-    """Write `content` to `path` through a temporary file and a rename."""
+    """Write `content` to `path` through a temporary file and a rename; a failed write leaves no file behind."""
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'wb') as f:
-        f.write(content)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'wb') as f:
+            f.write(content)
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
 
 
-def list_inputs(src):
-    """(input path, path relative to the output folder) for a file or every image under a folder."""
-    from vlu_plugin.data.image_io import list_images
+def list_inputs(src, output=None):
+    """(input path, path relative to the output folder) for a file or every image under a folder.
+
+    Files under `output` (an output folder inside the input folder) are left out: a re-run would restore
+    its own outputs. Non-images are named on stdout, not silently passed over.
+    """
+    from vlu_plugin.data.image_io import is_image_file, list_images
+    if osp.exists(src) and not osp.isdir(src) and not osp.isfile(src):
+        raise UserError(f'input {src}: not a regular file or a folder')
     if osp.isfile(src):
+        if not is_image_file(src):
+            raise UserError(f'input {src}: not an image file (extension {osp.splitext(src)[1] or "none"})')
         return [(src, osp.basename(src))]
     if not osp.isdir(src):
-        raise FileNotFoundError(f'no such input: {src}')
-    return [(osp.join(src, rel), rel) for rel in list_images(src)]
+        raise UserError(f'input {src}: no such file or folder')
+    skipped = []
+    inputs = [(osp.join(src, rel), rel) for rel in list_images(src, skipped)]
+    if output is not None:
+        inside = osp.relpath(osp.abspath(output), osp.abspath(src))
+        if inside != '.' and not inside.startswith('..'):
+            inputs = [(p, rel) for p, rel in inputs if not (rel + '/').startswith(inside.replace(os.sep, '/') + '/')]
+            skipped = [rel for rel in skipped if not (rel + '/').startswith(inside.replace(os.sep, '/') + '/')]
+            print(f'note: the output folder {output} is inside the input folder; its files are not inputs')
+    if skipped:
+        print(f'note: {len(skipped)} file(s) that are not images of a readable kind were passed over: '
+              f'{", ".join(skipped[:5])}' + (' ...' if len(skipped) > 5 else ''))
+    if not inputs:
+        raise UserError(f'input {src}: no images in the folder')
+    return inputs
 
 
 def restore_one(model, img, tile, stage_folder=None):
@@ -204,24 +248,54 @@ def describe(probs, prompts):
 def run(args):
     """Run `vlu restore`."""
     from tqdm import tqdm
+    if args.tile and args.tile_overlap >= args.tile:
+        raise UserError(f'--tile-overlap {args.tile_overlap} must be smaller than --tile {args.tile}')
+    if osp.exists(args.output) and not osp.isdir(args.output):
+        raise UserError(f'output {args.output}: exists and is not a folder')
     try:
-        model, weights = build(args)
-        inputs = list_inputs(args.input)
+        loaded = load_options(args)
+        # the inputs before the model: a wrong folder is reported at once
+        inputs = list_inputs(args.input, args.output)
+        model, weights = build(args, loaded)
+    except UserError:
+        raise
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as error:
-        print(f'vlu restore: error: {error}')
-        return 1
+        raise UserError(error.args[0] if isinstance(error, KeyError) and error.args else str(error)) from error
     if args.save_stages and not hasattr(model.get_bare_model(model.net_g), 'stages'):
-        print('vlu restore: error: --save-stages needs a network with unfolding stages (VLUNet)')
-        return 1
+        raise UserError('--save-stages needs a network with unfolding stages (VLUNet)')
     clip = getattr(model, 'net_clip', None)
     prompts = list(clip.prompts) if clip is not None else []
     tile = {'size': args.tile, 'overlap': args.tile_overlap} if args.tile else None
     print(f'{type(model.get_bare_model(model.net_g)).__name__} from {weights} on {model.device}; '
           f'{len(inputs)} image(s) → {args.output}' + (f'; tiles {args.tile}/{args.tile_overlap}' if tile else ''))
     if any(osp.abspath(osp.join(args.output, rel)) == osp.abspath(path) for path, rel in inputs):
-        print(f'vlu restore: error: {args.output} would overwrite the inputs; choose another output folder')
-        return 1
+        raise UserError(f'{args.output} would overwrite the inputs; choose another output folder')
     rows, skipped = [], []
+    try:
+        restore_all(model, inputs, args, tile, prompts, rows, skipped)
+    finally:  # also after a failed write: what was restored stays recorded
+        if rows:
+            try:
+                write_bytes(_csv_text([['image', 'top', *prompts], *rows]), osp.join(args.output, 'detections.csv'))
+            except OSError as error:
+                print(f'vlu restore: warning: cannot write detections.csv: {error.strerror or error}',
+                      file=sys.stderr)
+    print(f'restored {len(inputs) - len(skipped)} image(s)'
+          + (f', skipped {len(skipped)} unreadable: {skipped}' if skipped else '') + peak_memory_note(model.device))
+    return 1 if skipped else 0
+
+
+def _csv_text(rows):
+    """CSV bytes of `rows`."""
+    import io
+    text = io.StringIO()
+    csv.writer(text).writerows(rows)
+    return text.getvalue().encode()
+
+
+def restore_all(model, inputs, args, tile, prompts, rows, skipped):
+    """Restore each input into args.output, appending detections to `rows` and unreadable inputs to `skipped`."""
+    from tqdm import tqdm
     for path, rel in tqdm(inputs, unit='img', dynamic_ncols=True):
         try:
             img, fmt = read_input(path)
@@ -238,13 +312,12 @@ def run(args):
             target = osp.splitext(target)[0] + '.png'
             content = encode_like(out, fmt, '.png')
             tqdm.write(f'{rel}: {error}; written as {target}')
-        write_bytes(content, target)
+        try:
+            write_bytes(content, target)
+        except OSError as error:  # a full disk, a read-only folder: stop, naming the image
+            raise UserError(f'cannot write {target} (restoring {path}): {error.strerror or error}; '
+                            f'{len(rows) or "no"} earlier image(s) are restored'
+                            + (' and listed in detections.csv' if rows else '')) from error
         tqdm.write(f'{rel}: {describe(probs, prompts)}')
         if probs is not None:
             rows.append([rel, prompts[int(probs.argmax())], *(f'{p:.4f}' for p in probs.tolist())])
-    if rows:
-        with open(osp.join(args.output, 'detections.csv'), 'w', newline='') as f:
-            csv.writer(f).writerows([['image', 'top', *prompts], *rows])
-    print(f'restored {len(inputs) - len(skipped)} image(s)'
-          + (f', skipped {len(skipped)} unreadable: {skipped}' if skipped else '') + peak_memory_note(model.device))
-    return 1 if skipped else 0

@@ -16,16 +16,59 @@ def is_image_file(name):
     return osp.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def list_images(root):
-    """Relative POSIX paths of every image under `root`, recursively, sorted; hidden folders skipped."""
+def list_images(root, skipped=None):
+    """Relative POSIX paths of every image under `root`, recursively, sorted; hidden folders skipped.
+
+    Only regular files (or links to them) count: opening a named pipe or a device would block forever.
+    Files passed over for their extension or kind are appended to `skipped` when it is a list.
+    """
     found = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
         rel = osp.relpath(folder, root)
         for name in files:
-            if is_image_file(name) and not name.startswith('.'):
-                found.append(name if rel == '.' else f'{rel}/{name}'.replace(os.sep, '/'))
+            if name.startswith('.'):
+                continue
+            relative = name if rel == '.' else f'{rel}/{name}'.replace(os.sep, '/')
+            if is_image_file(name) and osp.isfile(osp.join(folder, name)):
+                found.append(relative)
+            elif skipped is not None:
+                skipped.append(relative)
     return sorted(found)
+
+
+_EXIF_ORIENTATION = 0x0112
+# EXIF orientation → (transpose first, then rotate 90° counter-clockwise k times, then flip left-right)
+_ORIENT = {2: (False, 0, True), 3: (False, 2, False), 4: (False, 2, True), 5: (True, 0, False),
+           6: (False, 3, False), 7: (True, 2, False), 8: (False, 1, False)}
+
+
+def exif_orientation(content):
+    """The EXIF orientation (1-8) of JPEG/TIFF/WebP bytes, 1 when there is none (PIL reads the header only)."""
+    if not (content[:2] == b'\xff\xd8' or content[:4] in (b'II*\0', b'MM\0*') or content[8:12] == b'WEBP'):
+        return 1
+    import io
+
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(content)) as im:
+            value = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # an undecodable header: decoding reports it
+        return 1
+    return value if value in _ORIENT else 1
+
+
+def apply_orientation(img, orientation):
+    """`img` (H, W[, C]) turned upright for its EXIF `orientation`, as image viewers show it."""
+    if orientation not in _ORIENT:
+        return img
+    transpose, turns, flip = _ORIENT[orientation]
+    if transpose:
+        img = np.swapaxes(img, 0, 1)
+    img = np.rot90(img, turns)
+    if flip:
+        img = img[:, ::-1]
+    return np.ascontiguousarray(img)
 
 
 def decode_image(content, name):
@@ -39,6 +82,8 @@ def decode_image(content, name):
         img = None
     if img is None:
         raise ValueError(f'unreadable image {name}: not a decodable image file (corrupt, truncated or not an image)')
+    # 'unchanged' also skips the EXIF orientation OpenCV's colour read applies: a portrait would lie on its side
+    img = apply_orientation(img, exif_orientation(content))
     if img.dtype == np.uint8:
         img = img.astype(np.float32) / 255.
     elif img.dtype == np.uint16:
@@ -63,6 +108,8 @@ def decode_image(content, name):
 
 def read_image(path):
     """Read an image file as float32 RGB HWC in [0, 1], with errors that name the file."""
+    if osp.exists(path) and not osp.isfile(path):  # a pipe or device would block the read
+        raise ValueError(f'unreadable image {path}: not a regular file')
     try:
         with open(path, 'rb') as f:
             content = f.read()

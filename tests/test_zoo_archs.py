@@ -171,7 +171,7 @@ def test_moceir_routing_noise_in_eval_is_the_default_and_can_be_turned_off():
     x = torch.rand(4, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(quiet(x), quiet(x))
-        outs = [noisy(x) for _ in range(6)]  # batch 4 x 3 routers x 6 draws: some choice flips
+        outs = [noisy(x) for _ in range(6)]  # the chosen experts' gate values follow the noise
     assert any(not torch.equal(outs[0], o) for o in outs[1:])
     assert noisy.routing_records == []  # recorded in training only
 

@@ -13,7 +13,9 @@ Module names follow the release so its checkpoints map onto this network
 release creates but never calls (`conv`, `score_gen`: 18,738 parameters at full size) are left out
 and dropped by the converter, so the release's 28,784,824 parameters are 28,766,086 here.
 The release's mask sizes are integer truncations, so no gradient reaches `rate_conv`, in the release
-as here: training under DDP needs `find_unused_parameters: true` (the option files set it).
+as here: training under DDP needs `find_unused_parameters: true` (the option files set it). Below 128
+pixels per side at a level (every 128-px training patch) the mask is empty: the low band is zero and
+the queries of its attention (`channel_cross_h.q*`, its temperature) get no gradient either, as released.
 """
 import torch
 import torch.nn.functional as F

@@ -12,7 +12,6 @@ import os.path as osp
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-from vlu_plugin.data.image_io import list_images
 from vlu_plugin.data.pairs import find_layout_pairs
 from vlu_plugin.data.tasks import sources_of
 

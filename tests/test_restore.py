@@ -112,7 +112,7 @@ def test_bench_quick_runs_and_writes_csv(tmp_path, capsys):
     assert main(['bench', '--quick', '--threads', '1', '--runs', '1', '--warmup', '0', '--csv', str(out)]) == 0
     with open(out) as f:
         rows = {r['arch']: r for r in csv.DictReader(f)}
-    assert set(rows) == {'VLUNet', 'PromptIR', 'AirNet', 'AirNet (torchvision dcn)'}
+    assert set(rows) == {'VLUNet', 'PromptIR', 'AirNet', 'AirNet (torchvision dcn)', 'AdaIR', 'MoCEIR'}
     assert int(rows['VLUNet']['params']) == 35_342_660
     assert float(rows['VLUNet']['gflops']) > 0 and float(rows['AirNet']['fwd_bwd_ms']) > 0
     assert 'VLUNet' in capsys.readouterr().out

@@ -1,8 +1,8 @@
 """Released checkpoints → state dicts of this package's networks, and safe loading.
 
 `convert_official(arch_name, checkpoint)` takes what `torch.load` returns for an authors' release
-(VLU-Net's and PromptIR's Lightning `.ckpt`, VLU-Net's `clip_tuned.pth`, AirNet's `All.pth`) and
-returns a state dict that this package's network loads with `strict=True`. Each release's key layout
+(VLU-Net's, PromptIR's, AdaIR's and MoCE-IR's Lightning `.ckpt`, VLU-Net's `clip_tuned.pth`, AirNet's
+`All.pth`) and returns a state dict that this package's network loads with `strict=True`. Each release's key layout
 is described once, as data: the prefix that holds the network, the keys it has but never uses, and
 the renames to this package's module names.
 """
@@ -14,6 +14,26 @@ import torch
 
 # Restormer keeps LayerNorm's weight in a `body` child; ours holds it directly.
 _RESTORMER_RENAMES = ((r'(norm\d)\.body\.', r'\1.'), )
+
+# MoCE-IR's release nests its levels in ModuleLists (enc.i = [blocks, downsample], dec.i = [upsample,
+# fusion, blocks]) and wraps each expert in a one-module Sequential; its encoder blocks are Restormer
+# blocks under other names (norms.0/mixer/norms.1 for norm1/attn/norm2). Applied in this order.
+_ENCODER_BLOCK = r'^((?:encoder\.\d+|latent|refinement)\.\d+)\.'
+_MOCEIR_RENAMES = (
+    (r'^enc\.(\d+)\.0\.layers\.', r'encoder.\1.'),
+    (r'^enc\.(\d+)\.1\.', r'down.\1.'),
+    (r'^(latent|refinement)\.layers\.', r'\1.'),
+    (r'^dec\.(\d+)\.0\.', r'up.\1.'),
+    (r'^dec\.(\d+)\.1\.', r'fuse.\1.'),
+    (r'^dec\.(\d+)\.2\.layers\.', r'decoder.\1.'),
+    (_ENCODER_BLOCK + r'norms\.0\.body\.', r'\1.norm1.'),
+    (_ENCODER_BLOCK + r'norms\.1\.body\.', r'\1.norm2.'),
+    (_ENCODER_BLOCK + r'mixer\.', r'\1.attn.'),
+    (r'\.(norms\.\d|norm)\.body\.', r'.\1.'),  # the decoder blocks' and the experts' LayerNorms
+    (r'\.experts\.(\d+)\.0\.', r'.experts.\1.'),
+    (r'\.routing\.gate\.2\.', '.routing.gate.'),  # (pool, rearrange, linear): only the linear holds weights
+    (r'^freq_embed\.high_conv\.0\.conv\.', 'freq_embed.high_pass.'),
+)
 
 _LAYOUTS = {
     'VLUNet': {
@@ -35,6 +55,17 @@ _LAYOUTS = {
         'prefix': 'net.',
         'unused': (r'^chnl_reduce[123]\.', r'^reduce_noise_channel_[123]\.'),
         'renames': _RESTORMER_RENAMES,
+    },
+    'AdaIR': {  # Lightning .ckpt of c-yn/AdaIR (net/model.py, decoder=True)
+        'prefix': 'net.',
+        'unused': (r'^fre\d\.conv\.', r'^fre\d\.score_gen\.'),  # created in each AFLB, never called
+        'renames': _RESTORMER_RENAMES + ((r'\.frequency_refine\.SpatialGate\.', '.frequency_refine.spatial_gate.'),
+                                         (r'\.frequency_refine\.ChannelGate\.', '.frequency_refine.channel_gate.')),
+    },
+    'MoCEIR': {  # Lightning .ckpt of eduardzamfir/MoCE-IR (src/net/moce_ir.py)
+        'prefix': 'net.',
+        'unused': (),
+        'renames': _MOCEIR_RENAMES,
     },
     'AirNet': {
         'prefix': '',

@@ -1,4 +1,4 @@
-"""Restormer's building blocks (Zamir et al., CVPR 2022), one copy shared by VLU-Net and PromptIR.
+"""Restormer's building blocks (Zamir et al., CVPR 2022): one copy, shared by VLU-Net, PromptIR, AdaIR, MoCE-IR.
 
 Module and parameter names follow Restormer (`qkv`, `qkv_dwconv`, `project_out`, `temperature`, ...)
 so the authors' checkpoints map onto them; the one difference, LayerNorm's weight living directly
@@ -171,6 +171,32 @@ class MDTA(nn.Module):
 
     def forward(self, x):
         q, k, v = self.qkv_dwconv(pointwise(self.qkv, x)).chunk(3, dim=1)
+        return pointwise(self.project_out, channel_attention(q, k, v, self.temperature, self.num_heads))
+
+
+class CrossMDTA(nn.Module):
+    """MDTA with queries from one feature map and keys/values from another (AdaIR's and MoCE-IR's cross attention).
+
+    `kv_kernel_size` is the depthwise kernel on keys/values: 3 in AdaIR, 7 in MoCE-IR; queries always use 3×3.
+    """
+
+    def __init__(self, dim, num_heads, bias=False, kv_kernel_size=3):
+        super().__init__()
+        self.num_heads = num_heads
+        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
+        self.q = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
+        self.q_dwconv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, bias=bias)
+        self.kv = nn.Conv2d(dim, dim * 2, kernel_size=1, bias=bias)
+        self.kv_dwconv = nn.Conv2d(dim * 2, dim * 2, kernel_size=kv_kernel_size, padding=kv_kernel_size // 2,
+                                   groups=dim * 2, bias=bias)
+        self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
+
+    def forward(self, x, y):
+        if x.shape != y.shape:
+            raise ValueError(f'CrossMDTA: query and key/value maps differ in shape: {tuple(x.shape)} vs '
+                             f'{tuple(y.shape)}')
+        q = self.q_dwconv(pointwise(self.q, x))
+        k, v = self.kv_dwconv(pointwise(self.kv, y)).chunk(2, dim=1)
         return pointwise(self.project_out, channel_attention(q, k, v, self.temperature, self.num_heads))
 
 

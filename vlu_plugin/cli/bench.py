@@ -18,7 +18,7 @@ import torch
 
 from vlu_plugin.errors import UserError
 
-ARCHS = ('VLUNet', 'PromptIR', 'AirNet')
+ARCHS = ('VLUNet', 'PromptIR', 'AirNet', 'AdaIR', 'MoCEIR')
 RELEASE = 'VLUNet (release)'
 QUICK = dict(size=16, runs=2, warmup=1)
 DEFAULT = dict(size=64, runs=5, warmup=2)

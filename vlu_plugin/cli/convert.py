@@ -1,9 +1,10 @@
 """`vlu convert <kind> <official checkpoint> <out>`: the authors' released weights → this package's networks.
 
 Kinds: `vlunet` (the release's Lightning .ckpt; its CLIP adapters, when present, go to a second file
-`<out stem>_clip_adapters<ext>`), `clip-adapters` (the release's clip_tuned.pth), `promptir` (Lightning
-.ckpt), `airnet` (All.pth and the per-task .pth files). Output is BasicSR's `{'params': state_dict}`
-(.pth) or a flat state dict (.safetensors), chosen by the extension; either input format is accepted.
+`<out stem>_clip_adapters<ext>`), `clip-adapters` (the release's clip_tuned.pth), `promptir`, `adair` and
+`moceir` (Lightning .ckpt), `airnet` (All.pth and the per-task .pth files). Output is BasicSR's
+`{'params': state_dict}` (.pth) or a flat state dict (.safetensors), chosen by the extension; either input
+format is accepted.
 Checkpoints that need pickled Python objects are refused unless `--trust` is given.
 """
 import os.path as osp
@@ -17,6 +18,8 @@ KINDS = {
     'clip-adapters': ('DegradationCLIP', "VLU-Net's clip_tuned.pth (or a VLU-Net .ckpt)"),
     'promptir': ('PromptIR', "PromptIR's Lightning checkpoint (.ckpt)"),
     'airnet': ('AirNet', "AirNet's All.pth / Denoise.pth / ..."),
+    'adair': ('AdaIR', "AdaIR's Lightning checkpoint (.ckpt)"),
+    'moceir': ('MoCEIR', "MoCE-IR's (or MoCE-IR-S's) Lightning checkpoint (.ckpt)"),
 }
 CLIP_SUFFIX = '_clip_adapters'
 

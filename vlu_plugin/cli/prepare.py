@@ -3,6 +3,7 @@
   vlu prepare synthetic [--out datasets/synthetic] [--size 128] [--quick] [--force]
   vlu prepare lmdb <folder> <out.lmdb> [--overwrite]
   vlu prepare lists --root datasets --preset 3task|5task [--out DIR]
+  vlu prepare check --root datasets --preset 3task|5task [--meta-info DIR]
 """
 import os
 import os.path as osp
@@ -52,12 +53,17 @@ def add_parser(subparsers):
     p.add_argument('--root', required=True, help='datasets root, laid out as in datasets/README.md')
     p.add_argument('--preset', required=True, choices=('3task', '5task'))
     p.add_argument('--out', help='folder for the lists (default: ROOT/meta_info)')
+    p = sub.add_parser('check', help="check a preset's lists and folders before training: missing, unpaired, "
+                                     'prefixed names, size mismatches')
+    p.add_argument('--root', required=True, help='datasets root, laid out as in datasets/README.md')
+    p.add_argument('--preset', required=True, choices=('3task', '5task'))
+    p.add_argument('--meta-info', help='folder of the pair lists (default: ROOT/meta_info)')
     return 'prepare'
 
 
 def run(args):
     """Run the chosen `prepare` command; user errors print one line and return 2."""
-    commands = {'synthetic': run_synthetic, 'lmdb': run_lmdb, 'lists': run_lists}
+    commands = {'synthetic': run_synthetic, 'lmdb': run_lmdb, 'lists': run_lists, 'check': run_check}
     try:
         return commands[args.prepare_command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
@@ -153,4 +159,47 @@ def run_lists(args):
               f'{gaps} degraded images without a partner')
     else:
         print('complete: every set was found')
+    return 0
+
+
+def _print_faults(title, items, show):
+    """Up to LIST_EXAMPLES lines of one kind of fault, then how many more."""
+    for item in items[:LIST_EXAMPLES]:
+        print(f'      {title}: {show(item)}')
+    if len(items) > LIST_EXAMPLES:
+        print(f'      ... and {len(items) - LIST_EXAMPLES} more ({title})')
+
+
+def run_check(args):
+    """Report each set's usable pairs and faults; exit 1 when a set is unusable (absent or no usable pair)."""
+    from vlu_plugin.data.check import check_preset
+    root = args.root
+    print(f'checking {args.preset} under {root}')
+    unusable = []
+    reports = check_preset(root, args.preset, args.meta_info)
+
+    def rel(path):
+        return osp.relpath(path, root).replace(os.sep, '/')
+
+    for r in reports:
+        if r.absent:
+            unusable.append(r.label)
+            print(f'  {r.label:15s} UNUSABLE  no list and no folder {r.where} (see datasets/README.md)')
+            continue
+        source = f'list {r.list_file}' if r.list_file else f'folder {r.where}'
+        status = 'UNUSABLE' if r.usable == 0 else ('faults' if r.faults else 'ok')
+        print(f'  {r.label:15s} {r.usable:7,d} {r.kind} usable, {r.faults} faults: {status}  [{source}]')
+        _print_faults('missing gt', r.missing_gt, rel)
+        _print_faults('missing lq', r.missing_lq, rel)
+        _print_faults('unpaired lq (no clean partner in the folder)', r.unpaired_lq, rel)
+        _print_faults('size mismatch', r.size_mismatch,
+                      lambda m: f'{rel(m[0])} {m[2]} vs {rel(m[1])} {m[3]}')
+        _print_faults('prefixed name', r.prefixed,
+                      lambda m: f'listed {rel(m[0])}, the file is {rel(m[1])} (rewrite the list: vlu prepare lists)')
+        if r.usable == 0:
+            unusable.append(r.label)
+    if unusable:
+        print(f'vlu prepare check: error: unusable sets: {", ".join(unusable)}', file=sys.stderr)
+        return 1
+    print('every set is usable' if not any(r.faults for r in reports) else 'every set is usable, with the faults above')
     return 0

@@ -1,0 +1,34 @@
+"""MoCEIRModel: MoCE-IR's training objective inside BasicSR.
+
+L1 (`pixel_opt`) + the FFT loss (`fft_opt`, `FFTLoss`, weight 0.1) + the routers' balance loss
+(`routing_opt`, `MoCERoutingLoss`, weight 0.01), each optional. Testing is AllInOneModel's.
+"""
+from basicsr.losses import build_loss
+from basicsr.utils.registry import MODEL_REGISTRY
+
+from vlu_plugin.models.all_in_one_model import AllInOneModel
+
+
+@MODEL_REGISTRY.register()
+class MoCEIRModel(AllInOneModel):
+    """AllInOneModel whose training step adds MoCE-IR's FFT and routing-balance losses."""
+
+    def init_training_settings(self):
+        train_opt = self.opt['train']
+        fft_opt, routing_opt = train_opt.get('fft_opt'), train_opt.get('routing_opt')
+        self.cri_fft = build_loss(fft_opt).to(self.device) if fft_opt else None
+        self.cri_routing = build_loss(routing_opt).to(self.device) if routing_opt else None
+        super().init_training_settings()
+
+    def training_losses(self, current_iter):
+        """AllInOneModel's losses, then the FFT loss on the output and the balance loss on the routers' logits."""
+        losses = super().training_losses(current_iter)
+        if self.cri_fft:
+            losses['l_fft'] = self.cri_fft(self.output, self.gt)
+        if self.cri_routing:
+            records = getattr(self.get_bare_model(self.net_g), 'routing_records', None)
+            if records is None:
+                raise TypeError(f'train.routing_opt needs a network that records its routing (MoCEIR), not '
+                                f'{type(self.get_bare_model(self.net_g)).__name__}')
+            losses['l_routing'] = self.cri_routing(records)
+        return losses

@@ -57,7 +57,7 @@ def compiler_problem(device):
         return f'torch {torch.__version__} has no torch.compile (it needs torch >= 2.0)'
     if torch.device(device).type == 'cuda':
         from torch.utils._triton import has_triton
-        return None if has_triton() else 'torch.compile on CUDA needs Triton, which is not installed (pip install triton)'
+        return None if has_triton() else 'torch.compile on CUDA needs Triton, which is not installed'
     compilers = [os.environ.get('CXX'), 'g++', 'clang++', 'c++']
     if not any(c and shutil.which(c) for c in compilers):
         return 'torch.compile on the CPU needs a C++ compiler (g++ or clang++, or $CXX), and none is on the PATH'

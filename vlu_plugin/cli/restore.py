@@ -39,7 +39,7 @@ def add_parser(subparsers):
     p.add_argument('--save-stages', action='store_true', help='save each unfolding stage and the prompt weights')
     p.add_argument('--cpu', action='store_true', help='run on the CPU even when CUDA is available')
     p.add_argument('--precision', choices=('fp32', 'bf16', 'fp16'),
-                   help="inference under torch.autocast with this dtype (default: the options' val.precision, else fp32)")
+                   help="inference under torch.autocast in this dtype (default: the options' val.precision, else fp32)")
     return 'restore'
 
 

@@ -230,5 +230,6 @@ def test_bench_prints_precision_and_the_airnet_reference(tmp_path, capsys):
         rows = {r['arch']: r for r in csv.DictReader(f)}
     assert set(rows) == {'AirNet', 'AirNet (torchvision dcn)'}
     assert {r['precision'] for r in rows.values()} == {'bf16'} and rows['AirNet']['compile'] == 'False'
-    assert float(rows['AirNet']['speedup_fwd']) > 0 and float(rows['AirNet']['max_abs_diff']) < 1e-3
+    # the two kernels agree to fp32 rounding, but the bf16 layers around them round it to bf16's 2**-8
+    assert float(rows['AirNet']['speedup_fwd']) > 0 and float(rows['AirNet']['max_abs_diff']) < 2 ** -5
     assert ' bf16 ' in capsys.readouterr().out

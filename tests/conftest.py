@@ -3,8 +3,10 @@
 BasicSR's logger is a per-process singleton, so whole pipelines run in subprocesses.
 """
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -38,6 +40,20 @@ def run_vlu(args, cwd, timeout=240, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f'vlu {" ".join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}')
     return proc
+
+
+def train_then_kill(opt_path, cwd, exp, state_iter=3, timeout=120):
+    """Start `vlu train -opt opt_path` and SIGKILL it once `exp/training_states/<state_iter>.state` exists;
+    returns the iterations of the training states it left."""
+    env = dict(os.environ, OMP_NUM_THREADS='2')
+    proc = subprocess.Popen([sys.executable, '-m', 'vlu_plugin.cli', 'train', '-opt', str(opt_path)], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and not (exp / 'training_states' / f'{state_iter}.state').exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return sorted(int(p.stem) for p in (exp / 'training_states').glob('*.state'))
 
 
 @pytest.fixture(autouse=True)

@@ -1,15 +1,10 @@
 """Mixed precision (train.amp, val.precision, vlu restore --precision) and torch.compile (train.compile)."""
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 from basicsr.models import build_model
 from basicsr.utils.registry import ARCH_REGISTRY
-from conftest import run_vlu
+from conftest import run_vlu, train_then_kill
 from test_airnet_model import AIRNET
 from test_degradation_clip import PROMPTS, TINY_CLIP
 from test_reliability import logged_losses, read_log, training_options
@@ -157,15 +152,7 @@ def test_fp16_grad_scaler_state_survives_sigkill_and_auto_resume(image_pairs):
 
     opt_path = write_options(root / 'killed.yml', fp16_options(root, 'killed'))
     exp = root / 'experiments' / 'killed'
-    env = dict(os.environ, OMP_NUM_THREADS='2')
-    proc = subprocess.Popen([sys.executable, '-m', 'vlu_plugin.cli', 'train', '-opt', opt_path], cwd=root, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 900
-    while time.time() < deadline and not (exp / 'training_states' / '3.state').exists():
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    states = sorted(int(p.stem) for p in (exp / 'training_states').glob('*.state'))
+    states = train_then_kill(opt_path, root, exp, timeout=900)
     assert states and states[-1] < TOTAL, f'the run finished before it could be killed: {states}'
     saved = torch.load(exp / 'training_states' / f'{states[-1]}.state', weights_only=True)['grad_scaler']
     assert saved['scale'] != 2.0**24  # the state holds a scale the run moved, which a fresh scaler would not have

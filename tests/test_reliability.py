@@ -1,13 +1,11 @@
 """Reliability of long runs: exact resume after SIGKILL, determinism, distributed training on CPU."""
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import torch
 
-from conftest import run_vlu
+from conftest import run_vlu, train_then_kill
 from test_train_pipeline import paired_options, write_options
 
 
@@ -43,15 +41,7 @@ def test_resume_after_sigkill_continues_exactly(image_pairs):
 
     opt_path = write_options(root / 'killed.yml', training_options(root, 'killed'))
     exp = root / 'experiments' / 'killed'
-    env = dict(os.environ, OMP_NUM_THREADS='2')
-    proc = subprocess.Popen([sys.executable, '-m', 'vlu_plugin.cli', 'train', '-opt', opt_path], cwd=root, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (exp / 'training_states' / '3.state').exists():
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    states = sorted(int(p.stem) for p in (exp / 'training_states').glob('*.state'))
+    states = train_then_kill(opt_path, root, exp, timeout=120)
     assert states and states[-1] < 12, f'the run finished before it could be killed: {states}'
 
     resumed = run_vlu(['train', '-opt', opt_path, '--auto_resume'], cwd=root).stdout

@@ -126,6 +126,10 @@ def test_synthesised_training_degrades_fresh_crops(bench, task):
 
 
 def test_synthesis_needs_clean_images_and_valid_scale_range(bench, tmp_path):
+    with pytest.raises(ValueError, match=r"color_jitter.brightness must be \[lo, hi\]"):
+        make(**disk_opt(bench, gt_size=32, color_jitter={'brightness': [1.3, 0.5]}))
+    with pytest.raises(ValueError, match=r"color_jitter takes \['brightness', 'contrast'\], not \['hue'\]"):
+        make(**disk_opt(bench, gt_size=32, color_jitter={'hue': [0, 1]}))
     with pytest.raises(ValueError, match=r"scale_range must be \[min, max\]"):
         make(**disk_opt(bench, gt_size=32, scale_range=[1.0, 0.5]))
     task = pair_folders(tmp_path)

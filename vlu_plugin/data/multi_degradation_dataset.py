@@ -6,7 +6,8 @@ Sample: `lq`, `gt` (3xHxW float32 RGB in [0, 1]), `lq_path`, `gt_path`, `deg_lab
 `deg_text` (the prompt), and `lq_key` (a second view of the same degraded image) with `key_view: true`.
 Training crops `gt_size` patches with BasicSR's `paired_random_crop` and augments with `augment`;
 validation returns whole images. A synthesised training sample is a random crop of a clean image (rescaled
-by a factor drawn from `scale_range`), degraded with parameters drawn afresh, so no patch repeats. Options are listed in `tasks.DATASET_KEYS` / `tasks.TASK_KEYS`.
+by a factor drawn from `scale_range`, optionally colour-jittered), degraded with parameters drawn afresh, so no
+patch repeats. Options are listed in `tasks.DATASET_KEYS` / `tasks.TASK_KEYS`.
 """
 import os
 import os.path as osp
@@ -27,6 +28,7 @@ from vlu_plugin.data.synthesis import add_gaussian_noise, random_degradation
 from vlu_plugin.data.tasks import SOURCES, Task, resolve_tasks
 
 QUANTIZE_MODES = ('truncate', 'round', 'none')
+JITTER_DEFAULTS = {'contrast': (0.7, 1.3), 'brightness': (0.7, 1.3)}  # factors of `color_jitter: true`
 CLEAN_CACHE_BYTES = 256 << 20  # decoded clean images kept per process for on-the-fly synthesis
 DISK = FileClient('disk')
 _LMDB_CLIENTS = {}  # (pid, folder) -> FileClient: py-lmdb refuses a second open of one environment per process,
@@ -118,6 +120,25 @@ def find_task_pairs(task, spec, default_backend):
     return found, backend, root
 
 
+def color_jitter_ranges(value, name):
+    """`color_jitter` as {'contrast': [lo, hi], 'brightness': [lo, hi]} factors, or None when off."""
+    if value is False or value is None:
+        return None
+    ranges = dict(JITTER_DEFAULTS)
+    if isinstance(value, dict):
+        unknown = set(value) - set(JITTER_DEFAULTS)
+        if unknown:
+            raise ValueError(f'dataset {name!r}: color_jitter takes {sorted(JITTER_DEFAULTS)}, not {sorted(unknown)}')
+        ranges.update(value)
+    elif value is not True:
+        raise ValueError(f'dataset {name!r}: color_jitter must be true, false or {{contrast: [lo, hi], '
+                         f'brightness: [lo, hi]}}, not {value!r}')
+    for key, bounds in ranges.items():
+        if not (isinstance(bounds, (list, tuple)) and len(bounds) == 2 and 0 < bounds[0] <= bounds[1]):
+            raise ValueError(f'dataset {name!r}: color_jitter.{key} must be [lo, hi] with 0 < lo <= hi, not {bounds!r}')
+    return ranges
+
+
 @DATASET_REGISTRY.register()
 class MultiDegradationDataset(data.Dataset):
     """Pairs of several degradation tasks with their CLIP label and prompt, from disk or LMDB."""
@@ -134,7 +155,7 @@ class MultiDegradationDataset(data.Dataset):
             raise ValueError(f'dataset {opt.get("name", "")!r}: training needs gt_size (a positive int)')
         self.use_hflip, self.use_rot = opt.get('use_hflip', True), opt.get('use_rot', True)
         self.key_view = bool(opt.get('key_view', False))
-        self.color_jitter = bool(opt.get('color_jitter', False))
+        self.color_jitter = color_jitter_ranges(opt.get('color_jitter', False), opt.get('name', ''))
         self.scale_range = opt.get('scale_range', [1, 1])
         if not (isinstance(self.scale_range, (list, tuple)) and len(self.scale_range) == 2
                 and all(isinstance(v, (int, float)) and v > 0 for v in self.scale_range)
@@ -274,7 +295,9 @@ class MultiDegradationDataset(data.Dataset):
         if self.color_jitter:  # content colours and exposure must not tell the degradation apart
             region = region[:, :, rng.permutation(3)]
             mean = float(region.mean())
-            region = np.clip((region - mean) * rng.uniform(0.7, 1.3) + mean * rng.uniform(0.7, 1.3), 0, 1)
+            contrast = rng.uniform(*self.color_jitter['contrast'])  # drawn before brightness: keep the order
+            brightness = rng.uniform(*self.color_jitter['brightness'])
+            region = np.clip((region - mean) * contrast + mean * brightness, 0, 1)
         return np.ascontiguousarray(region, dtype=np.float32)
 
     def _synthesise(self, td, gt, rng):

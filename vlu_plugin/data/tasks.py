@@ -103,7 +103,8 @@ DATASET_KEYS = {
     'dataroot_gt': 'clean images (folder or LMDB) for every task without a source of its own',
     'synthesize': 'true: degrade clean images on the fly (data.synthesis, random parameters per sample)',
     'scale_range': '[min, max] random rescale of training crops before synthesis (default [1, 1])',
-    'color_jitter': 'random channel order and +-30 % contrast/brightness of clean crops before synthesis',
+    'color_jitter': 'true (random channel order, contrast and brightness x0.7-1.3 of clean crops before synthesis) '
+                    'or {contrast: [lo, hi], brightness: [lo, hi]}',
     'meta_info_dir': 'folder of pair lists named <task or source>_<split>.txt',
     'lmdb_dir': 'folder of LMDBs named <task or source>_<split>_{lq,gt}.lmdb (io_backend lmdb)',
     'io_backend': "{type: disk} (default) or {type: lmdb}",

@@ -125,6 +125,31 @@ def test_synthesised_training_degrades_fresh_crops(bench, task):
     assert 5 < psnr(a) < 40
 
 
+def contains_patch(context, patch):
+    """Whether `patch` (C, h, w) is a sub-block of `context` (C, H, W)."""
+    h, w = patch.shape[-2:]
+    blocks = context.unfold(1, h, 1).unfold(2, w, 1)  # C, H-h+1, W-w+1, h, w
+    return bool(((blocks - patch[:, None, None]).abs().amax(dim=(0, 3, 4)) == 0).any())
+
+
+def test_context_view_holds_the_patches(bench, tmp_path):
+    synthesised = make(**disk_opt(bench, gt_size=16, context_size=48, key_view=True))
+    for index in (0, 5, 17):
+        sample = synthesised[index]
+        assert sample['lq_context'].shape == (3, 48, 48)
+        assert contains_patch(sample['lq_context'], sample['lq'])  # both views are cut from the context
+        assert contains_patch(sample['lq_context'], sample['lq_key'])
+    paired_task = pair_folders(tmp_path, lq_shape=(40, 48, 3), gt_shape=(40, 48, 3))
+    (tmp_path / 'lq' / 'a.png').write_bytes(cv2.imencode('.png', np.random.default_rng(0).integers(
+        0, 255, (40, 48, 3), dtype=np.uint8))[1].tobytes())
+    paired = make(tasks=[paired_task], gt_size=16, context_size=32, use_hflip=False, use_rot=False)
+    sample = paired[0]
+    assert sample['lq_context'].shape == (3, 32, 32) and contains_patch(sample['lq_context'], sample['lq'])
+    assert 'lq_context' not in make(phase='val', **val_opt(bench))[0]  # validation: whole images, no context
+    with pytest.raises(ValueError, match=r"context_size must be an int of at least gt_size \(32\), not 16"):
+        make(**disk_opt(bench, gt_size=32, context_size=16))
+
+
 def test_synthesis_needs_clean_images_and_valid_scale_range(bench, tmp_path):
     with pytest.raises(ValueError, match=r"color_jitter.brightness must be \[lo, hi\]"):
         make(**disk_opt(bench, gt_size=32, color_jitter={'brightness': [1.3, 0.5]}))

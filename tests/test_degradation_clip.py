@@ -189,6 +189,13 @@ def test_vlunet_model_uses_the_frozen_clip(tmp_path):
     assert vector.shape == (2, 64) and not vector.requires_grad
     assert torch.allclose(vector, clip.embed(images), atol=1e-6)
     assert model.degradation_probabilities(images).shape == (2, 2)
+    # training with a context view (`context_size`): the CLIP judges the context, the network restores the patch
+    context, seen = toy_batch(2, size=(64, 64))[0], []
+    model.net_g = lambda lq, vector: seen.append((lq, vector)) or lq
+    model.compute_losses = dict
+    model.feed_data({'lq': images, 'gt': images, 'lq_context': context})
+    model.training_losses(1)
+    assert seen[0][0] is model.lq and torch.allclose(seen[0][1], clip.embed(context), atol=1e-6)
 
     opt['network_g']['clip_dim'] = 32
     with pytest.raises(ValueError, match='clip_dim is 32 but the degradation CLIP embeds in 64'):

@@ -37,3 +37,20 @@ def test_quick_demo_end_to_end(tmp_path):
 
     again = run_vlu(args, cwd=tmp_path).stdout
     assert again.count('done already') == STAGES, again
+
+
+def test_demo_plan_starts_the_longest_training_first_and_validates_twice():
+    from argparse import Namespace
+
+    from vlu_plugin.cli import demo
+    args = Namespace(quick=False, iters=None, clip_iters=None, ablations=True, device='cpu')
+    stages, trained, _ = demo.plan(args)
+    trainings = [s.opt['name'] for s in stages if s.kind == 'train']
+    # the CLIP first, then AirNet (free of the CLIP, the slowest step) beside it, then the CLIP's users
+    assert trainings[:3] == ['demo_degradation_clip', 'demo_airnet', 'demo_vlunet'], trainings
+    assert [o['name'] for o in trained][:3] == ['demo_vlunet', 'demo_promptir', 'demo_airnet']  # report order
+    iters = demo.DEFAULTS['iters']
+    for opt in trained:
+        val_freq = opt['val']['val_freq']
+        # one validation inside the run, one by BasicSR after the last iteration
+        assert opt['train']['total_iter'] == iters and iters // val_freq == 1, (opt['name'], val_freq)

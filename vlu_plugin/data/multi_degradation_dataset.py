@@ -3,7 +3,8 @@ task's CLIP label and prompt, read from folders, pair lists or LMDBs, or made on
 (Gaussian noise always; every task's degradation with `synthesize: true`).
 
 Sample: `lq`, `gt` (3xHxW float32 RGB in [0, 1]), `lq_path`, `gt_path`, `deg_label` (int, CLIP order),
-`deg_text` (the prompt), and `lq_key` (a second view of the same degraded image) with `key_view: true`.
+`deg_text` (the prompt), `lq_key` (a second view of the same degraded image) with `key_view: true`, and
+`lq_context` (the degraded `context_size` square the training views are cut from) with `context_size`.
 Training crops `gt_size` patches with BasicSR's `paired_random_crop` and augments with `augment`;
 validation returns whole images. A synthesised training sample is a random crop of a clean image (rescaled
 by a factor drawn from `scale_range`, optionally colour-jittered), degraded with parameters drawn afresh, so no
@@ -155,6 +156,11 @@ class MultiDegradationDataset(data.Dataset):
             raise ValueError(f'dataset {opt.get("name", "")!r}: training needs gt_size (a positive int)')
         self.use_hflip, self.use_rot = opt.get('use_hflip', True), opt.get('use_rot', True)
         self.key_view = bool(opt.get('key_view', False))
+        self.context_size = opt.get('context_size')
+        if self.context_size is not None and not (isinstance(self.context_size, int)
+                                                  and self.context_size >= (self.gt_size or 1)):
+            raise ValueError(f'dataset {opt.get("name", "")!r}: context_size must be an int of at least gt_size '
+                             f'({self.gt_size}), not {self.context_size!r}')
         self.color_jitter = color_jitter_ranges(opt.get('color_jitter', False), opt.get('name', ''))
         self.scale_range = opt.get('scale_range', [1, 1])
         if not (isinstance(self.scale_range, (list, tuple)) and len(self.scale_range) == 2
@@ -330,13 +336,16 @@ class MultiDegradationDataset(data.Dataset):
         if lq is not None and lq.shape[:2] != gt.shape[:2]:
             raise ValueError(f'size mismatch in task {td.task.name!r}: degraded {self._name(td, lq_ref, "lq")} is '
                              f'{lq.shape[0]}x{lq.shape[1]} but clean {gt_name} is {gt.shape[0]}x{gt.shape[1]} (HxW)')
+        if self.is_train and lq is not None and self.context_size:  # the context the views are cut from
+            gt, lq = paired_random_crop(gt, lq, self.context_size, 1, gt_name)
         if self.is_train and min(gt.shape[:2]) < self.gt_size:
             raise ValueError(f'image {gt_name} is {gt.shape[0]}x{gt.shape[1]} (HxW), smaller than '
                              f'gt_size {self.gt_size}; remove it or lower gt_size')
         if lq is None:
             rng = self._synthesis_rng(index, td)
             if self.is_train:  # degrade only the region the view(s) are cut from: any size of clean image
-                gt = self._clean_region(gt, self.gt_size * (2 if self.key_view else 1), rng)
+                size = self.context_size or self.gt_size * (2 if self.key_view else 1)
+                gt = self._clean_region(gt, size, rng)
             lq = self._synthesise(td, gt, rng)
         lq_out, gt_out = self._view(lq, gt, gt_name, augmented=lq_ref is None)
         if lq_ref is None:  # synthesised: the task in the name keeps validation images of each sigma apart
@@ -350,4 +359,6 @@ class MultiDegradationDataset(data.Dataset):
         if self.key_view:
             key, _ = self._view(lq, gt, gt_name, augmented=lq_ref is None)
             sample['lq_key'] = img2tensor(key, bgr2rgb=False, float32=True)
+        if self.is_train and self.context_size:
+            sample['lq_context'] = img2tensor(np.ascontiguousarray(lq), bgr2rgb=False, float32=True)
         return sample

@@ -112,6 +112,8 @@ DATASET_KEYS = {
     'repeat': "'release' or {task: factor}; training only",
     'gt_size': 'training patch size', 'use_hflip': 'flip augmentation', 'use_rot': 'rotation augmentation',
     'key_view': "add lq_key, a second crop of the same degraded image (AirNet)",
+    'context_size': 'training: cut the patches from a context_size square of the degraded image, returned as '
+                    "lq_context (VLU-Net's CLIP judges the degradation from it, as it sees whole images at test time)",
     'seed': 'seed of synthesised noise', 'noise_quantize': "'truncate' (release), 'round' or 'none'",
     # filled in or read by BasicSR itself
     'name': '', 'type': '', 'phase': '', 'scale': '', 'batch_size_per_gpu': '', 'num_worker_per_gpu': '',

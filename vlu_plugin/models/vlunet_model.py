@@ -7,6 +7,9 @@ release's `clip_tuned.pth` / Lightning checkpoint). It is never trained here, ne
 degradation vector and VLU-Net mixes its prompts uniformly.
 
 `degradation_vector: image` (default) feeds VLU-Net the CLIP's adapted image embedding, as the paper;
+in training the CLIP embeds the sample's `lq_context` when the data gives one (`context_size`): a patch
+much smaller than the CLIP's input tells it little (the demo CLIP reads the degradation type of 32-px
+patches right 38 % of the time, of 128-px ones 92 %), and it sees whole images at test time;
 `true_label` feeds the CLIP's adapted text embedding of each image's ground-truth prompt instead (an
 ablation: perfect degradation guidance; it needs `deg_label` in training and testing data).
 
@@ -71,10 +74,18 @@ class VLUNetModel(AllInOneModel):
         return 'true-label vector' if self.vector_source == 'true_label' else None
 
     def feed_data(self, data):
-        """AllInOneModel's feed_data, plus a clear error for labels the CLIP has no prompt for."""
+        """AllInOneModel's feed_data with the optional `lq_context`, and a clear error for labels the CLIP lacks."""
         super().feed_data(data)
+        self.lq_context = data['lq_context'].to(self.device) if 'lq_context' in data else None
         if self.net_clip is not None and self.deg_label is not None:
             self.net_clip.check_labels(self.deg_label, where=f' (batch {self.batch_paths})')
+
+    def training_losses(self, current_iter):
+        """AllInOneModel's, with the degradation vector of the context the patches were cut from, if given."""
+        if self.lq_context is None:
+            return super().training_losses(current_iter)
+        self.output = self.net_g(self.lq, *self.condition(self.lq_context))
+        return self.compute_losses()
 
     def condition(self, lq):
         """`(degradation_vector,)`: the frozen CLIP's adapted image embedding (B, D), or `(None,)` without a CLIP."""

@@ -54,3 +54,26 @@ def test_demo_plan_starts_the_longest_training_first_and_validates_twice():
         val_freq = opt['val']['val_freq']
         # one validation inside the run, one by BasicSR after the last iteration
         assert opt['train']['total_iter'] == iters and iters // val_freq == 1, (opt['name'], val_freq)
+
+
+def test_demo_models_share_one_parameter_budget_and_the_clip_runs_only_when_needed():
+    from argparse import Namespace
+
+    import pytest
+    from basicsr.archs import build_network
+
+    from vlu_plugin.cli import demo
+    from vlu_plugin.errors import UserError
+    count = {model: sum(p.numel() for p in build_network(demo.load_options(model)['network_g']).parameters())
+             for model in demo.MODELS}
+    for model, params in count.items():  # equal budgets within +-10 % (issue 11)
+        assert abs(params / count['vlunet'] - 1) <= 0.10, count
+    args = Namespace(quick=True, iters=None, clip_iters=None, ablations=False, device='cpu',
+                     models=demo.model_list('MoCEIR, adair'))
+    stages, trained, _ = demo.plan(args)
+    assert [o['name'] for o in trained] == ['demo_adair', 'demo_moceir']
+    assert not any(s.opt['name'] == 'demo_degradation_clip' for s in stages)  # neither uses the CLIP
+    with pytest.raises(UserError, match='keep vlunet in --models'):
+        demo.plan(Namespace(**dict(vars(args), ablations=True)))
+    with pytest.raises(Exception, match='swinir: choose from vlunet,promptir,airnet,adair,moceir'):
+        demo.model_list('vlunet,swinir')

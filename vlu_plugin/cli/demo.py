@@ -20,11 +20,14 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
+from vlu_plugin.errors import UserError
+
 OPTIONS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'options', 'demo')
-MODELS = ('vlunet', 'promptir', 'airnet')  # option files in OPTIONS_DIR, in the report's order
+MODELS = ('vlunet', 'promptir', 'airnet', 'adair', 'moceir')  # option files in OPTIONS_DIR, in the report's order
+DEFAULT_MODELS = MODELS[:3]  # AdaIR and MoCE-IR only on request (`--models`): the 15-minute budget holds three
 # Stages start in this order when their inputs are ready: the longest training first (an AirNet step costs
 # about 2.5 VLU-Net steps on a CPU), so that it overlaps the CLIP -> VLU-Net chain.
-START_ORDER = ('airnet', 'vlunet', 'promptir')
+START_ORDER = ('airnet', 'moceir', 'adair', 'vlunet', 'promptir')
 ABLATIONS = {'uniform': 'uniform prompt mixture (no CLIP)', 'true_label': 'true-label vector'}
 DEFAULTS = {'iters': 1000, 'clip_iters': 500}
 QUICK = {'iters': 100, 'clip_iters': 100}
@@ -46,6 +49,9 @@ def add_parser(subparsers):
                         '(a few minutes)')
     parser.add_argument('--ablations', action='store_true', help='also train and test VLU-Net with a uniform '
                         'prompt mixture and with the true label\'s text embedding (two more models)')
+    parser.add_argument('--models', type=model_list, default=DEFAULT_MODELS,
+                        help=f'comma-separated networks to train (default {",".join(DEFAULT_MODELS)}; also '
+                        f'{",".join(m for m in MODELS if m not in DEFAULT_MODELS)}, each with the same parameter budget)')
     parser.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto',
                         help='auto: CUDA when present, else the CPU (default)')
     parser.add_argument('--jobs', type=int, default=2, help='stages run at once (default 2: one per core on a '
@@ -53,6 +59,16 @@ def add_parser(subparsers):
     parser.add_argument('--threads', type=int, default=1, help='CPU threads per stage (default 1)')
     parser.add_argument('--force', action='store_true', help='redo every stage')
     return 'demo'
+
+
+def model_list(text):
+    """`--models`: known names, comma-separated, in the report's order."""
+    import argparse
+    names = [name.strip().lower() for name in text.split(',') if name.strip()]
+    unknown = [name for name in names if name not in MODELS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f'{",".join(unknown) or repr(text)}: choose from {",".join(MODELS)}')
+    return tuple(model for model in MODELS if model in names)
 
 
 def load_options(name):
@@ -187,11 +203,15 @@ def plan(args):
     clip['logger'].update(save_checkpoint_freq=clip_iters, print_freq=max(1, min(20, clip_iters // 20)))
     clip_stage = Stage('fine-tune the degradation CLIP', 'train', clip,
                        f'experiments/{clip["name"]}/models/net_clip_latest.pth', clip_iters)
-    trained = [scale_schedule(load_options(model), iters) for model in MODELS]
+    models = getattr(args, 'models', DEFAULT_MODELS)
+    if args.ablations and 'vlunet' not in models:
+        raise UserError('--ablations trains VLU-Net variants: keep vlunet in --models')
+    trained = [scale_schedule(load_options(model), iters) for model in models]
     if args.ablations:
         trained += [ablation(trained[0], kind) for kind in ABLATIONS]
-    stages = [clip_stage]
-    start_rank = {opt['name']: START_ORDER.index(model) for opt, model in zip(trained, MODELS)}
+    needs_clip = any(CLIP_PATH_KEY in opt['path'] for opt in trained)
+    stages = [clip_stage] if needs_clip else []
+    start_rank = {opt['name']: START_ORDER.index(model) for opt, model in zip(trained, models)}
     for opt in sorted(trained, key=lambda o: start_rank.get(o['name'], len(START_ORDER))):
         opt['num_gpu'] = num_gpu
         needs = [clip_stage.name] if CLIP_PATH_KEY in opt['path'] else []
@@ -265,8 +285,9 @@ def run(args):
     ran = [f'{title} {seconds:.0f} s' for title, seconds in timings if seconds is not None]
     notes = [f'Stage times ({args.jobs} at a time, {args.threads} thread(s) each): {", ".join(ran)}; '
              f'{time.time() - start:.0f} s until the report.', '']
+    clip_folder = osp.join(out, 'experiments', clip['name'])
     table = build_report(folders, osp.join(out, 'report'), title='vlu demo: embedded 5-task benchmark',
-                         clip_folder=osp.join(out, 'experiments', clip['name']), notes=notes)
+                         clip_folder=clip_folder if any(s.opt is clip for s in stages) else None, notes=notes)
     timings += [('report', time.time() - report_start), ('total', time.time() - start)]
     write_timings(osp.join(out, 'report', 'timings.csv'), timings)
     print(table)

@@ -142,7 +142,7 @@ def test_vlunet_trains_on_cdd11_through_basicsr_and_reports_per_subset(cdd11_roo
     opt['val']['val_freq'] = 2
     opt['logger'].update(print_freq=1, save_checkpoint_freq=2, use_tb_logger=False)
     path = tmp_path / 'train_tiny_cdd11.yml'
-    path.write_text(yaml.safe_dump(json.loads(json.dumps(opt))))  # plain dicts for the safe dumper
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(opt)), sort_keys=False))  # plain dicts, val_1..val_11 in order
     run_vlu(['train', '-opt', str(path)], cwd=tmp_path, timeout=600)  # generous: other jobs share the CPUs
     exp = tmp_path / 'experiments' / 'tiny_cdd11'
     with open(exp / 'metrics.csv') as f:
@@ -158,5 +158,9 @@ def test_vlunet_trains_on_cdd11_through_basicsr_and_reports_per_subset(cdd11_roo
     assert '24.90/0.7905' in text  # OneRestore's published low_haze_snow cell, in that subset's column
     assert 'protocol rgb_float_skimage' in report and 'exact 11-subset accuracy' in report
     assert 'per atomic degradation' in report and 'snow' in report
+    per_subset = report.split('Per set:')[1].splitlines()  # one row per subset, models across
+    assert per_subset[2].startswith('| set | VLUNet |') and 'OneRestore (published)' in per_subset[2]
+    assert [line.split(' | ')[0] for line in per_subset[4:16]] == [f'| CDD11_{s}' for s in CDD11_SUBSETS] + [
+        '| average']
     with open(tmp_path / 'report' / 'results.csv') as f:
         assert not any('published' in r['model'] for r in csv.DictReader(f))

@@ -83,13 +83,13 @@ def test_published_averages_are_the_means_of_their_sets():
         (m, 'cdd11') for m in ('input', 'AirNet', 'PromptIR', 'OneRestore')}
 
 
-def result_folder(path, name, val_blocks, metrics, values):
+def result_folder(path, name, val_blocks, metrics, values, crop=16):
     """A `results/<name>` folder as `vlu test` leaves it: its option file and metrics.csv."""
     path.mkdir(parents=True)
     opt = {'name': name, 'model_type': 'AllInOneModel', 'network_g': {'type': 'PromptIR'},
            'datasets': {f'test_{i}': dict(block, type='MultiDegradationDataset') for i, block in
                         enumerate(val_blocks, 1)},
-           'val': {'metrics': metrics}}
+           'val': {'metrics': metrics, 'crop_to_multiple': crop}}
     (path / f'test_{name}.yml').write_text(yaml.safe_dump(opt))
     rows = ['iter,dataset,metric,value'] + [f'{name},{block["name"]},{metric},{value}' for block, (p, s) in
                                             zip(val_blocks, values) for metric, value in (('psnr', p), ('ssim', s))]
@@ -121,6 +121,11 @@ def test_report_prints_published_rows_only_for_the_same_benchmark_and_protocol(t
          'ssim': {'type': 'calculate_ssim', 'crop_border': 0, 'test_y_channel': True}}
     folder = result_folder(tmp_path / 'results' / 'y', 'y_run', FIVE, y, values)
     assert '(published)' not in build_report([folder], str(tmp_path / 'report_y'))
+
+    folder = result_folder(tmp_path / 'results' / 'whole', 'whole_images', FIVE, PAPER, values, crop=None)
+    text = build_report([folder], str(tmp_path / 'report_whole'))
+    assert '(published)' not in text  # the 5-task papers crop to multiples of 16: another protocol
+    assert 'crop_to_multiple None, the papers 16' in (tmp_path / 'report_whole' / 'report.md').read_text()
 
     demo = [dict(b, root='datasets/synthetic', meta_info_dir='datasets/synthetic/meta_info') for b in FIVE]
     assert benchmark_of({'datasets': {f'val_{i}': b for i, b in enumerate(demo)}}) is None

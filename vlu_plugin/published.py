@@ -10,12 +10,15 @@ val set holds that task. Averages are the papers' own (the plain mean of their c
 import math
 import os.path as osp
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 from vlu_plugin.data.tasks import CDD11_SUBSETS, PRESETS, val_task_names
 from vlu_plugin.metrics.protocols import protocol_of_options
 
 LABEL_SUFFIX = ' (published)'
+# The benchmarks' test-time crop, part of their protocol beside the metric's: the 3/5-task papers centre-crop
+# lq and gt to multiples of 16 (`val.crop_to_multiple: 16`); OneRestore scores CDD-11's whole images.
+BENCHMARK_CROP = {'3task': 16, '5task': 16, 'cdd11': None}
 
 VLUNET_TABLE = 'VLU-Net paper (CVPR 2025, arXiv 2503.16930), all-in-one tables'
 ONERESTORE_XLSX = 'OneRestore (ECCV 2024) img_file/metrics_CDD-11_psnr_ssim.xlsx and README'
@@ -116,17 +119,19 @@ def benchmark_of(opt, folder=''):
 
 
 def compare(runs):
-    """(benchmark, protocol, {dataset name: task}) shared by every run, or None when they differ or are unknown."""
+    """(benchmark, protocol, crop, {dataset name: task}) shared by every run, or None when they differ or are
+    unknown; crop is the runs' `val.crop_to_multiple`."""
     keys = set()
     columns = {}
     for run in runs.values():
         opt = getattr(run, 'options', {}) or {}
-        keys.add((benchmark_of(opt, run.folder), protocol_of_options(opt)))
+        crop = (opt.get('val') or {}).get('crop_to_multiple') or None
+        keys.add((benchmark_of(opt, run.folder), protocol_of_options(opt), crop))
         columns.update({name: tasks[0] for name, tasks in val_task_names(opt).items() if len(tasks) == 1})
     if len(keys) != 1:
         return None
-    benchmark, protocol = keys.pop()
-    return (benchmark, protocol, columns) if benchmark else None
+    benchmark, protocol, crop = keys.pop()
+    return (benchmark, protocol, crop, columns) if benchmark else None
 
 
 def published_rows(runs, datasets):
@@ -134,7 +139,11 @@ def published_rows(runs, datasets):
     shared = compare(runs)
     if shared is None:
         return [], []
-    benchmark, protocol, columns = shared
+    benchmark, protocol, crop, columns = shared
+    if crop != BENCHMARK_CROP[benchmark]:
+        wanted = BENCHMARK_CROP[benchmark]
+        return [], [f'Published {benchmark} numbers not shown: the runs use val.crop_to_multiple {crop}, the '
+                    f'papers {wanted if wanted else "none (whole images)"}.', '']
     entries = [p for p in PUBLISHED if p.benchmark == benchmark]
     shown = [p for p in entries if p.protocol == protocol]
     left_out = [p for p in entries if p.protocol != protocol]

@@ -245,6 +245,20 @@ def format_table(datasets, rows, markdown=True):
     return '\n'.join('  '.join(str(c).ljust(w) for c, w in zip(row, widths)) for row in [header] + lines)
 
 
+def format_per_set(datasets, rows):
+    """The table transposed as Markdown, one row per set (then the average) and one column per model: benchmarks
+    with many sets (CDD-11's 11 subsets) read better down than across."""
+    header = ['set'] + [label for label, _, _ in rows]
+    lines = [[name] + ['-' if math.isnan(cells[i][0]) else f'{cells[i][0]:.2f}/{cells[i][1]:.4f}'
+                       for _, cells, _ in rows] for i, name in enumerate(datasets)]
+    lines.append(['average'] + [f'{average[0]:.2f}/{average[1]:.4f}' for _, _, average in rows])
+    return '\n'.join(['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] +
+                     ['| ' + ' | '.join(line) + ' |' for line in lines])
+
+
+PER_SET_FROM = 7  # sets from which report.md adds the transposed table
+
+
 def write_results_csv(path, datasets, rows):
     """One row per model and set (and the average): PSNR and SSIM."""
     tmp = f'{path}.tmp{os.getpid()}'
@@ -322,6 +336,8 @@ def build_report(folders, out_dir, title='All-in-one restoration', clip_folder=N
     }
     lines = [f'# {title}', '', protocol_line(runs) + ' Best measured PSNR per column in bold.', '',
              format_table(datasets, rows), ''] + published_notes
+    if len(datasets) >= PER_SET_FROM:
+        lines += ['Per set:', '', format_per_set(datasets, rows), '']
     if predictions:
         lines += clip_lines(predictions, space)
     lines += list(notes)

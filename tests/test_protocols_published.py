@@ -115,7 +115,7 @@ def test_report_prints_published_rows_only_for_the_same_benchmark_and_protocol(t
     assert '*' in lines['PromptIR'] and '*' not in lines['VLU-Net (published)']  # published rows are never "best"
     report = (tmp_path / 'report' / 'report.md').read_text()
     assert 'MoCE-IR (rgb_float_skimage_gaussian, 30.58/0.919)' in report and 'VLU-Net paper' in report
-    assert 'MoCE-IR (published)' not in text
+    assert 'MoCE-IR (published)' not in text and 'VLU-Net paper' in text  # `vlu report` prints the sources too
 
     y = {'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': True},
          'ssim': {'type': 'calculate_ssim', 'crop_border': 0, 'test_y_channel': True}}

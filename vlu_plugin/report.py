@@ -343,4 +343,5 @@ def build_report(folders, out_dir, title='All-in-one restoration', clip_folder=N
     lines += list(notes)
     lines += [f'![{name}]({name})' for name, ok in made.items() if ok]
     atomic_write_text(osp.join(out_dir, 'report.md'), '\n'.join(lines) + '\n')
-    return format_table(datasets, rows, markdown=False)
+    # the printed table carries the published rows' sources too
+    return '\n'.join([format_table(datasets, rows, markdown=False)] + [n for n in published_notes if n])

@@ -16,6 +16,7 @@ from vlu_plugin.data.tasks import DATASET_KEYS, check_keys
 ROOT = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'options')
 FULL_SIZE = {'VLUNet': 35_342_660, 'PromptIR': 35_376_967, 'AirNet': 8_930_313, 'AdaIR': 28_766_086,
              'MoCEIR': 25_353_796}
+FULL_SIZE_CDD11 = dict(FULL_SIZE, VLUNet=37_319_012)  # one prompt-bank entry per CDD-11 subset (de_dim 11)
 DEMO_SIZES = {'VLUNet': 2_554_851}  # the others must be within ±10 % of it
 
 
@@ -45,16 +46,17 @@ def check_datasets(opt, path):
 @pytest.mark.parametrize('path', option_files('train') + option_files('test'), ids=osp.basename)
 def test_full_size_option_file_builds(path):
     opt = load(path)
+    cdd11 = path.endswith('_cdd11.yml')
     assert MODEL_REGISTRY.get(opt['model_type'])
     check_datasets(opt, path)
     if 'network_g' in opt:
         count = parameter_count(json.dumps(opt['network_g'], sort_keys=True))
-        assert count == FULL_SIZE[opt['network_g']['type']]
-        assert opt['val']['metrics']['psnr']['type'] == 'calculate_psnr_float'
+        assert count == (FULL_SIZE_CDD11 if cdd11 else FULL_SIZE)[opt['network_g']['type']]
+        assert opt['val']['metrics']['psnr'] == {'type': 'calculate_psnr_float', 'protocol': 'rgb_float_skimage'}
     clip_opt = opt.get('network_clip') or opt.get('degradation_clip')
     if clip_opt is not None:
         assert clip_opt['clip_model'] == 'ViT-B-32' and clip_opt['pretrained'] == 'laion2b_s34b_b79k'
-        assert not clip_opt['train_backbone'] and len(clip_opt['prompts']) == 7
+        assert not clip_opt['train_backbone'] and len(clip_opt['prompts']) == (11 if cdd11 else 7)
 
 
 def test_release_clip_block_builds_at_full_size():
@@ -65,7 +67,7 @@ def test_release_clip_block_builds_at_full_size():
 
 
 def test_models_share_one_data_and_validation_block():
-    for setting in ('3task', '5task'):
+    for setting in ('3task', '5task', 'cdd11'):
         blocks = {}
         for model in ('VLUNet', 'PromptIR', 'AirNet', 'AdaIR', 'MoCEIR'):
             opt = load(osp.join(ROOT, 'train', model, f'train_{model}_{setting}.yml'))

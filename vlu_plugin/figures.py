@@ -120,11 +120,12 @@ def curves(experiments, path):
     return _save(fig, path)
 
 
-def confusion(accuracy, path):
-    """Row-normalised confusion matrix of the degradation CLIP over every class (`report.clip_accuracy` output)."""
+def confusion(accuracy, path, names=None):
+    """Row-normalised confusion matrix of the degradation CLIP over every class (`report.clip_accuracy` output);
+    `names` maps labels to class names (default: the 3/5-task degradations)."""
     from vlu_plugin.data.tasks import TASKS
     _, exact, by_type, _, pairs = accuracy
-    names = {task.label: task.name for task in TASKS}
+    names = names or {task.label: task.name for task in TASKS}
     n = max(len(names), 1 + max(max(pair) for pair in pairs))
     matrix = np.zeros((n, n))
     for label, predicted in pairs:

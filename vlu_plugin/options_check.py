@@ -204,6 +204,16 @@ def _check_scheduler(c, train, total_iter):
                    f'{total_iter} (the cosine schedule is undefined past its periods); lengthen the periods')
 
 
+def _check_metric_protocols(c, opt):
+    """A misspelled `val.metrics.<m>.protocol` fails now, not at the first validation hours later."""
+    from vlu_plugin.metrics.protocols import PROTOCOLS
+    metrics = (opt.get('val') or {}).get('metrics') if isinstance(opt.get('val'), dict) else None
+    for key, metric in (metrics or {}).items() if isinstance(metrics, dict) else ():
+        name = metric.get('protocol') if isinstance(metric, dict) else None
+        if name is not None and name not in PROTOCOLS:
+            c.fail(f'val.metrics.{key}.protocol', f'unknown metric protocol {name!r}; known: {", ".join(PROTOCOLS)}')
+
+
 def validate_options(opt, path, phase='train'):
     """Check `opt` (from `path`) for a `phase` run ('train', 'test' or 'restore'); returns it, numbers converted.
 
@@ -223,6 +233,7 @@ def validate_options(opt, path, phase='train'):
         c.fail('manual_seed', f'{seed!r} is not a whole number')
     c.block(opt, 'path', 'path')  # BasicSR reads it unconditionally; `path: {}` will do
     _check_datasets(c, opt, phase)
+    _check_metric_protocols(c, opt)
     if phase != 'train':
         return opt
     train = c.block(opt, 'train', 'train')

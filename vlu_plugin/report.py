@@ -17,6 +17,7 @@ from collections import OrderedDict, defaultdict
 import numpy as np
 
 from vlu_plugin.errors import UserError
+from vlu_plugin.published import is_published_label
 
 
 def atomic_write_text(path, text):
@@ -85,6 +86,7 @@ class Run:
             raise UserError(f'{folder}: no such folder' if not osp.exists(folder) else f'{folder}: not a folder')
         info = _read_json(osp.join(folder, 'run.json'))
         opt = _options(folder)
+        self.options = opt  # what the published numbers are matched on (benchmark, metric protocol)
         self.network = (info.get('network') or (opt.get('network_g') or {}).get('type')
                         or osp.basename(osp.normpath(folder)))
         if info.get('variant'):  # e.g. VLU-Net without its CLIP
@@ -182,30 +184,32 @@ def merge_runs(folders):
     return runs, experiments
 
 
-def input_quality(runs, dataset):
+def input_quality(runs, dataset, protocol=None):
     """(PSNR, SSIM) of the degraded inputs against the ground truth, from the images a test run saved."""
     import cv2
 
     from vlu_plugin.metrics.paper_metric import calculate_psnr_float, calculate_ssim_float
+    from vlu_plugin.metrics.protocols import DEFAULT
+    protocol = protocol or DEFAULT
     for run in runs.values():
         lq_paths = sorted(glob.glob(osp.join(run.folder, 'visualization', dataset, '*_lq.png')))
         pairs = [(p, p[:-len('_lq.png')] + '_gt.png') for p in lq_paths]
         pairs = [(lq, gt) for lq, gt in pairs if osp.isfile(gt)]
         if pairs:
             read = [[cv2.imread(p)[..., ::-1] / 255.0 for p in pair] for pair in pairs]
-            return (float(np.mean([calculate_psnr_float(lq, gt) for lq, gt in read])),
-                    float(np.mean([calculate_ssim_float(lq, gt) for lq, gt in read])))
+            return (float(np.mean([calculate_psnr_float(lq, gt, protocol=protocol) for lq, gt in read])),
+                    float(np.mean([calculate_ssim_float(lq, gt, protocol=protocol) for lq, gt in read])))
     return float('nan'), float('nan')
 
 
-def table(runs, metrics=('psnr', 'ssim')):
+def table(runs, metrics=('psnr', 'ssim'), protocol=None):
     """Rows of (label, [(psnr, ssim) per set], (avg psnr, avg ssim)) over the union of the runs' sets.
 
     A first row, 'degraded input', scores the inputs themselves when a test run saved them.
     """
     datasets = list(OrderedDict.fromkeys(d for run in runs.values() for d in run.datasets))
     rows = []
-    inputs = [input_quality(runs, d) for d in datasets]
+    inputs = [input_quality(runs, d, protocol) for d in datasets]
     if not all(math.isnan(c[0]) for c in inputs):
         rows.append(('degraded input', inputs, tuple(float(np.nanmean([c[i] for c in inputs])) for i in range(2))))
     for label, run in runs.items():
@@ -217,7 +221,7 @@ def table(runs, metrics=('psnr', 'ssim')):
 
 
 def _best(rows, column, index):
-    values = [(r[1] + [r[2]])[column][index] for r in rows if r[0] != 'degraded input']
+    values = [(r[1] + [r[2]])[column][index] for r in rows if r[0] != 'degraded input' and not is_published_label(r[0])]
     finite = [v for v in values if not math.isnan(v)]
     return max(finite) if finite else None
 
@@ -229,8 +233,9 @@ def format_table(datasets, rows, markdown=True):
     for label, cells, average in rows:
         out = [label]
         for column, cell in enumerate(cells + [average]):
-            text = f'{cell[0]:.2f}/{cell[1]:.4f}'
-            best = label != 'degraded input' and _best(rows, column, 0) == cell[0] and len(rows) > 1
+            text = '-' if math.isnan(cell[0]) else f'{cell[0]:.2f}/{cell[1]:.4f}'
+            best = (label != 'degraded input' and not is_published_label(label) and _best(rows, column, 0) == cell[0]
+                    and len(rows) > 1)
             out.append((f'**{text}**' if markdown else f'{text}*') if best else text)
         lines.append(out)
     if markdown:
@@ -238,6 +243,20 @@ def format_table(datasets, rows, markdown=True):
                          ['| ' + ' | '.join(line) + ' |' for line in lines])
     widths = [max(len(str(row[i])) for row in [header] + lines) for i in range(len(header))]
     return '\n'.join('  '.join(str(c).ljust(w) for c, w in zip(row, widths)) for row in [header] + lines)
+
+
+def format_per_set(datasets, rows):
+    """The table transposed as Markdown, one row per set (then the average) and one column per model: benchmarks
+    with many sets (CDD-11's 11 subsets) read better down than across."""
+    header = ['set'] + [label for label, _, _ in rows]
+    lines = [[name] + ['-' if math.isnan(cells[i][0]) else f'{cells[i][0]:.2f}/{cells[i][1]:.4f}'
+                       for _, cells, _ in rows] for i, name in enumerate(datasets)]
+    lines.append(['average'] + [f'{average[0]:.2f}/{average[1]:.4f}' for _, _, average in rows])
+    return '\n'.join(['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] +
+                     ['| ' + ' | '.join(line) + ' |' for line in lines])
+
+
+PER_SET_FROM = 7  # sets from which report.md adds the transposed table
 
 
 def write_results_csv(path, datasets, rows):
@@ -252,24 +271,33 @@ def write_results_csv(path, datasets, rows):
     os.replace(tmp, path)
 
 
-def clip_accuracy(predictions):
+def clip_accuracy(predictions, space='allinone'):
     """The last validation's degradation predictions: (iteration, exact accuracy, type accuracy, per-class
-    accuracy by label, [(label, predicted)]). Type accuracy counts noise at any sigma as noise."""
+    accuracy by label, [(label, predicted)]). Type accuracy counts noise at any sigma as noise; for CDD-11
+    (`space` 'cdd11') it is the mean over low light, haze, rain and snow of the presence accuracy."""
     from vlu_plugin.data.tasks import TASKS
     kind = {task.label: task.kind for task in TASKS}
     last = max(iteration(p['iter']) for p in predictions)
     pairs = [(int(p['label']), int(p['predicted'])) for p in predictions if iteration(p['iter']) == last]
     exact = float(np.mean([label == predicted for label, predicted in pairs]))
-    by_type = float(np.mean([kind.get(label, label) == kind.get(predicted, predicted) for label, predicted in pairs]))
+    if space == 'cdd11':
+        from vlu_plugin.multilabel import atomic_accuracy
+        by_type = float(np.mean(list(atomic_accuracy(pairs).values())))
+    else:
+        by_type = float(np.mean([kind.get(label, label) == kind.get(predicted, predicted)
+                                 for label, predicted in pairs]))
     per_class = {label: float(np.mean([p == label for lbl, p in pairs if lbl == label]))
                  for label in sorted({label for label, _ in pairs})}
     return last, exact, by_type, per_class, pairs
 
 
-def clip_lines(predictions):
+def clip_lines(predictions, space='allinone'):
     """The report's paragraph on the degradation CLIP."""
     from vlu_plugin.data.tasks import TASKS
-    _, exact, by_type, per_class, pairs = clip_accuracy(predictions)
+    _, exact, by_type, per_class, pairs = clip_accuracy(predictions, space)
+    if space == 'cdd11':
+        from vlu_plugin.multilabel import clip_lines as composite_lines
+        return composite_lines(exact, per_class, pairs)
     names = {task.label: task.name for task in TASKS}
     classes = ', '.join(f'{names.get(label, label)} {value:.2f}' for label, value in per_class.items())
     return [f'Degradation CLIP on {len(pairs)} test images: type accuracy {by_type:.3f} (noise at any sigma counted '
@@ -283,25 +311,37 @@ def build_report(folders, out_dir, title='All-in-one restoration', clip_folder=N
     when given, else from the first run that recorded degradation predictions.
     """
     from vlu_plugin import figures
+    from vlu_plugin.data.tasks import LABEL_SPACES, label_space_of
+    from vlu_plugin.metrics.protocols import protocol_of_options
+    from vlu_plugin.published import protocol_line, published_rows
     runs, experiments = merge_runs(folders)  # every folder is read before anything is written
     if osp.exists(out_dir) and not osp.isdir(out_dir):
         raise UserError(f'--out {out_dir}: exists and is not a folder')
     os.makedirs(out_dir, exist_ok=True)
-    datasets, rows = table(runs)
+    protocols = {protocol_of_options(run.options) for run in runs.values()}
+    datasets, rows = table(runs, protocol=protocols.pop() if len(protocols) == 1 else None)
     write_results_csv(osp.join(out_dir, 'results.csv'), datasets, rows)
+    published, published_notes = published_rows(runs, datasets)  # beside the measured rows, never in results.csv
+    rows = rows + published
     clip_run = Run(clip_folder) if clip_folder else next((r for r in runs.values() if r.predictions), None)
     predictions = clip_run.predictions if clip_run is not None else []
+    space = label_space_of(clip_run.options) if clip_run is not None else 'allinone'
+    names = {task.label: task.name for task in LABEL_SPACES[space]}
     made = {
         'comparison.png': figures.comparison(runs, datasets, osp.join(out_dir, 'comparison.png')),
         'curves.png': figures.curves(experiments, osp.join(out_dir, 'curves.png')),
-        'clip_confusion.png': bool(predictions) and figures.confusion(clip_accuracy(predictions),
-                                                                        osp.join(out_dir, 'clip_confusion.png')),
+        'clip_confusion.png': bool(predictions) and figures.confusion(clip_accuracy(predictions, space),
+                                                                        osp.join(out_dir, 'clip_confusion.png'),
+                                                                        names),
     }
-    lines = [f'# {title}', '', 'PSNR (dB) / SSIM on RGB float images in [0, 1] (best PSNR per column in bold).', '',
-             format_table(datasets, rows), '']
+    lines = [f'# {title}', '', protocol_line(runs) + ' Best measured PSNR per column in bold.', '',
+             format_table(datasets, rows), ''] + published_notes
+    if len(datasets) >= PER_SET_FROM:
+        lines += ['Per set:', '', format_per_set(datasets, rows), '']
     if predictions:
-        lines += clip_lines(predictions)
+        lines += clip_lines(predictions, space)
     lines += list(notes)
     lines += [f'![{name}]({name})' for name, ok in made.items() if ok]
     atomic_write_text(osp.join(out_dir, 'report.md'), '\n'.join(lines) + '\n')
-    return format_table(datasets, rows, markdown=False)
+    # the printed table carries the published rows' sources too
+    return '\n'.join([format_table(datasets, rows, markdown=False)] + [n for n in published_notes if n])

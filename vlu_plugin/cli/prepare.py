@@ -2,8 +2,8 @@
 
   vlu prepare synthetic [--out datasets/synthetic] [--size 128] [--quick] [--force]
   vlu prepare lmdb <folder> <out.lmdb> [--overwrite]
-  vlu prepare lists --root datasets --preset 3task|5task [--out DIR]
-  vlu prepare check --root datasets --preset 3task|5task [--meta-info DIR]
+  vlu prepare lists --root datasets --preset 3task|5task|cdd11 [--out DIR]
+  vlu prepare check --root datasets --preset 3task|5task|cdd11 [--meta-info DIR]
 """
 import os
 import os.path as osp
@@ -12,6 +12,7 @@ import sys
 from vlu_plugin.errors import UserError
 
 LIST_EXAMPLES = 10  # missing partners named in the report per set
+PRESET_NAMES = ('3task', '5task', 'cdd11')  # = tasks.PRESETS (a test keeps them equal); no import at parse time
 SIZES = (32, 300)  # crop sizes: the degradations need 32 px; the smallest bundled photo is 300 px high
 
 
@@ -51,12 +52,12 @@ def add_parser(subparsers):
     p.add_argument('--overwrite', action='store_true', help='replace an existing LMDB')
     p = sub.add_parser('lists', help='find the public data sets under a root and write their pair lists')
     p.add_argument('--root', required=True, help='datasets root, laid out as in datasets/README.md')
-    p.add_argument('--preset', required=True, choices=('3task', '5task'))
+    p.add_argument('--preset', required=True, choices=PRESET_NAMES)
     p.add_argument('--out', help='folder for the lists (default: ROOT/meta_info)')
     p = sub.add_parser('check', help="check a preset's lists and folders before training: missing, unpaired, "
                                      'prefixed names, size mismatches')
     p.add_argument('--root', required=True, help='datasets root, laid out as in datasets/README.md')
-    p.add_argument('--preset', required=True, choices=('3task', '5task'))
+    p.add_argument('--preset', required=True, choices=PRESET_NAMES)
     p.add_argument('--meta-info', help='folder of the pair lists (default: ROOT/meta_info)')
     return 'prepare'
 
@@ -128,6 +129,7 @@ def run_lists(args):
     os.makedirs(out, exist_ok=True)
     absent, gaps = [], 0
     print(f'pair lists for {args.preset} under {root} -> {out}')
+    width = max(15, *(len(f'{s.name}_train') for s in sources_of(args.preset)))  # CDD-11's names are long
     for source in sources_of(args.preset):
         for split, folder, expected, what in (('train', source.train_dir, source.expected_train, source.what[0]),
                                               ('test', source.test_dir, source.expected_test, source.what[1])):
@@ -135,7 +137,7 @@ def run_lists(args):
             label = f'{source.name}_{split}'
             if not osp.isdir(where):
                 absent.append(label)
-                print(f'  {label:15s} MISSING  {where} ({what}; see datasets/README.md)')
+                print(f'  {label:{width}s} MISSING  {where} ({what}; see datasets/README.md)')
                 continue
             found = find_layout_pairs(where, source.layout)
             lines = [_list_line(root, where, lq, gt) for lq, gt in found.pairs]
@@ -143,7 +145,7 @@ def run_lists(args):
                 _write_list(osp.join(out, f'{label}.txt'), lines)
             kind = 'clean images' if source.layout == 'clean' else 'pairs'
             note = '' if len(lines) in expected else f'  (expected {_fmt_expected(expected)})'
-            print(f'  {label:15s} {len(lines):7,d} {kind}{note}  [{where}]')
+            print(f'  {label:{width}s} {len(lines):7,d} {kind}{note}  [{where}]')
             for name in found.missing[:LIST_EXAMPLES]:
                 print(f'      missing partner: {_rel(root, where, name)} has no clean image')
             if len(found.missing) > LIST_EXAMPLES:
@@ -177,6 +179,7 @@ def run_check(args):
     print(f'checking {args.preset} under {root}')
     unusable = []
     reports = check_preset(root, args.preset, args.meta_info)
+    width = max(15, *(len(r.label) for r in reports))
 
     def rel(path):
         return osp.relpath(path, root).replace(os.sep, '/')
@@ -184,11 +187,11 @@ def run_check(args):
     for r in reports:
         if r.absent:
             unusable.append(r.label)
-            print(f'  {r.label:15s} UNUSABLE  no list and no folder {r.where} (see datasets/README.md)')
+            print(f'  {r.label:{width}s} UNUSABLE  no list and no folder {r.where} (see datasets/README.md)')
             continue
         source = f'list {r.list_file}' if r.list_file else f'folder {r.where}'
         status = 'UNUSABLE' if r.usable == 0 else ('faults' if r.faults else 'ok')
-        print(f'  {r.label:15s} {r.usable:7,d} {r.kind} usable, {r.faults} faults: {status}  [{source}]')
+        print(f'  {r.label:{width}s} {r.usable:7,d} {r.kind} usable, {r.faults} faults: {status}  [{source}]')
         _print_faults('missing gt', r.missing_gt, rel)
         _print_faults('missing lq', r.missing_lq, rel)
         _print_faults('unpaired lq (no clean partner in the folder)', r.unpaired_lq, rel)

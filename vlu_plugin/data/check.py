@@ -127,7 +127,7 @@ def check_set(root, source, split, meta_info_dir):
 
 
 def check_preset(root, preset, meta_info_dir=None):
-    """SetReports for every set of `preset` ('3task' or '5task') under `root` (lists from ROOT/meta_info)."""
+    """SetReports for every set of `preset` ('3task', '5task' or 'cdd11') under `root` (lists from ROOT/meta_info)."""
     if not osp.isdir(root):
         raise FileNotFoundError(f'datasets root {root} does not exist')
     meta_info_dir = meta_info_dir or osp.join(root, 'meta_info')

@@ -5,6 +5,8 @@ task's CLIP label and prompt, read from folders, pair lists or LMDBs, or made on
 Sample: `lq`, `gt` (3xHxW float32 RGB in [0, 1]), `lq_path`, `gt_path`, `deg_label` (int, CLIP order),
 `deg_text` (the prompt), `lq_key` (a second view of the same degraded image) with `key_view: true`, and
 `lq_context` (the degraded `context_size` square the training views are cut from) with `context_size`.
+A CDD-11 sample adds `deg_multi_hot` (4 floats: low light, haze, rain, snow present) and `deg_subset`
+(its subset's name, e.g. 'low_haze_rain'); its `deg_label` indexes the 11 composite prompts.
 Training crops `gt_size` patches with BasicSR's `paired_random_crop` and augments with `augment`;
 validation returns whole images. A synthesised training sample is a random crop of a clean image (rescaled
 by a factor drawn from `scale_range`, optionally colour-jittered), degraded with parameters drawn afresh, so no
@@ -18,6 +20,7 @@ from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
+import torch
 from basicsr.data.transforms import augment, paired_random_crop
 from basicsr.utils import FileClient, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
@@ -26,7 +29,7 @@ from torch.utils import data
 from vlu_plugin.data.image_io import decode_image, list_images
 from vlu_plugin.data.pairs import Pairs, find_folder_pairs, find_layout_pairs, find_lmdb_pairs, read_pair_list
 from vlu_plugin.data.synthesis import add_gaussian_noise, random_degradation
-from vlu_plugin.data.tasks import SOURCES, Task, resolve_tasks
+from vlu_plugin.data.tasks import SOURCES, Task, multi_hot, resolve_tasks
 
 QUANTIZE_MODES = ('truncate', 'round', 'none')
 JITTER_DEFAULTS = {'contrast': (0.7, 1.3), 'brightness': (0.7, 1.3)}  # factors of `color_jitter: true`
@@ -189,6 +192,9 @@ class MultiDegradationDataset(data.Dataset):
         synthesize = spec.get('synthesize', self.opt.get('synthesize', False))
         if not isinstance(synthesize, bool):
             raise ValueError(f'task {task.name!r}: synthesize must be true or false, not {synthesize!r}')
+        if synthesize and not task.kind:
+            raise ValueError(f'task {task.name!r}: synthesize: true, but this task has no synthesis (CDD-11 '
+                             'subsets are read as pairs); remove synthesize or give its degraded images')
         if any(synthesised) and sigma is None and not synthesize:
             raise ValueError(f'task {task.name!r}: {where} gives clean images only, but only noise tasks '
                              'synthesise their degraded images unless `synthesize: true`; give the degraded '
@@ -356,6 +362,9 @@ class MultiDegradationDataset(data.Dataset):
         lq_t, gt_t = img2tensor([lq_out, gt_out], bgr2rgb=False, float32=True)
         sample = {'lq': lq_t, 'gt': gt_t, 'lq_path': lq_path, 'gt_path': gt_ref,
                   'deg_label': td.task.label, 'deg_text': td.task.text}
+        if td.task.components:  # a composite (CDD-11) image: which atomic degradations it holds, and its subset
+            sample['deg_multi_hot'] = torch.tensor(multi_hot(td.task), dtype=torch.float32)
+            sample['deg_subset'] = '_'.join(td.task.components)
         if self.key_view:
             key, _ = self._view(lq, gt, gt_name, augmented=lq_ref is None)
             sample['lq_key'] = img2tensor(key, bgr2rgb=False, float32=True)

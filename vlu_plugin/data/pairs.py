@@ -56,6 +56,9 @@ def find_layout_pairs(root, layout):
                 break
         else:
             continue  # not a degraded file (a clean partner, or something else)
+        if not templates:  # a known file that this layout does not pair (another CDD-11 subset)
+            used.add(rel)
+            continue
         names = (template.format(**match.groupdict()) for template in templates)
         partner = next((name for name in names if name in index), None)
         if partner is None:

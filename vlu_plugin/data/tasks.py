@@ -4,6 +4,11 @@ Labels follow the order of the release's 7 CLIP prompts (noise15, noise25, noise
 low light), because the fine-tuned degradation CLIP is what reads them; the release's restoration loader
 uses another order (rain and haze swapped) that nothing downstream reads.
 
+CDD-11 (OneRestore's composite degradations) is a second label space: 11 subsets, each a combination of
+the atomic degradations low light, haze, rain and snow, labelled 0-10 in OneRestore's subset order. Its
+degradation CLIP classifies over the 11 composite prompts (see `CDD11_TASKS`); a dataset never mixes the
+two spaces, since their labels would collide.
+
 The naming rules of the public data sets are data (`LAYOUTS`), applied by one scanner in `pairs.py`.
 """
 import difflib
@@ -22,6 +27,8 @@ class Task:
     kind: str  # the synthesis that makes its degraded images from clean ones (`synthesize: true`; noise always)
     sigma: Optional[float] = None  # Gaussian noise level on the 0-255 scale, made on the fly from clean images
     release_repeat: int = 1  # list repeat factor of the release's training set (`repeat: release`)
+    components: Tuple[str, ...] = ()  # the atomic degradations of a composite task (CDD-11), in ATOMIC order
+    space: str = 'allinone'  # the label space: 'allinone' (the release's 7 prompts) or 'cdd11'
 
 
 TASKS = (
@@ -37,12 +44,41 @@ TASKS_BY_NAME = {task.name: task for task in TASKS}
 ALIASES = {'delowlight': 'lowlight'}  # the release's spelling
 PROMPTS = [task.text for task in sorted(TASKS, key=lambda t: t.label)]
 
+# CDD-11: OneRestore's subsets in its own order (`combine_type` without 'clear'), which is also the order
+# of the per-subset numbers it publishes.
+ATOMIC = ('low', 'haze', 'rain', 'snow')
+ATOMIC_WORDS = {'low': 'low light', 'haze': 'haze', 'rain': 'rain', 'snow': 'snow'}
+CDD11_SUBSETS = ('low', 'haze', 'rain', 'snow', 'low_haze', 'low_rain', 'low_snow', 'haze_rain', 'haze_snow',
+                 'low_haze_rain', 'low_haze_snow')
+
+
+def composite_prompt(components):
+    """The CLIP prompt of a composite degradation in the release's wording: 'image with low light, haze and rain'."""
+    words = [ATOMIC_WORDS[c] for c in components]
+    return 'image with ' + (words[0] if len(words) == 1 else f'{", ".join(words[:-1])} and {words[-1]}')
+
+
+# Why one class per subset rather than four independent (multi-label) outputs: VLU-Net's D-GDMs mix a
+# bank of de_dim prompts with softmax weights, and its CLIP is fine-tuned with cross-entropy over one prompt
+# per label; OneRestore conditions the same way, classifying each image into one of its composite scene types
+# whose descriptors are composed from the atomic words. The 11 subsets are mutually exclusive, so an
+# 11-way softmax loses nothing: the multi-hot vector (`deg_multi_hot`) follows from the class, and the
+# report scores both the subset and each atomic degradation. The prompts name every component, so the
+# text adapter sees the composition.
+CDD11_TASKS = tuple(Task(f'cdd11_{subset}', label, composite_prompt(subset.split('_')), f'cdd11_{subset}', '',
+                         components=tuple(subset.split('_')), space='cdd11')
+                    for label, subset in enumerate(CDD11_SUBSETS))
+CDD11_PROMPTS = [task.text for task in CDD11_TASKS]
+TASKS_BY_NAME.update({task.name: task for task in CDD11_TASKS})
+LABEL_SPACES = {'allinone': TASKS, 'cdd11': CDD11_TASKS}
+
 # The 5-task protocol trains on all 7 prompts but tests noise at sigma 25 only.
 PRESETS = {
     '3task': {'train': ('denoise_15', 'denoise_25', 'denoise_50', 'dehaze', 'derain'),
               'test': ('denoise_15', 'denoise_25', 'denoise_50', 'dehaze', 'derain')},
     '5task': {'train': ('denoise_15', 'denoise_25', 'denoise_50', 'dehaze', 'derain', 'deblur', 'lowlight'),
               'test': ('denoise_25', 'dehaze', 'derain', 'deblur', 'lowlight')},
+    'cdd11': {'train': tuple(t.name for t in CDD11_TASKS), 'test': tuple(t.name for t in CDD11_TASKS)},
 }
 
 
@@ -70,6 +106,12 @@ SOURCES = {
     'lowlight': Source('lowlight', 'lol', 'lowlight/LOL/our485', 'lowlight/LOL/eval15', (485,), (15,),
                        ('LOL v1 our485', 'LOL v1 eval15')),
 }
+# CDD-11 as OneRestore packages it (`CDD-11_train/<subset>/NNNNNN.png` <-> `CDD-11_train/clear/NNNNNN.png`),
+# under cdd11/{train,test}. Counts: 1,183 clean images x 11 subsets for training, 200 x 11 for testing, as
+# the papers that use it state (not re-counted here).
+SOURCES.update({task.source: Source(task.source, task.source, 'cdd11/train', 'cdd11/test', (1183,), (200,),
+                                    (f'CDD-11 train, {task.source[6:]}', f'CDD-11 test, {task.source[6:]}'))
+                for task in CDD11_TASKS})
 
 # Each layout is a list of (pattern on the degraded file's relative path without extension,
 # candidate templates for its clean partner, also without extension). The first matching pattern
@@ -93,6 +135,12 @@ LAYOUTS = {
     ),
     'lol': ((r'(?P<pre>(?:.*/)?)low/(?P<id>[^/]+)', ('{pre}high/{id}',)),),
 }
+# One CDD-11 layout per subset: its folder pairs with `clear/` by file name; a rule without templates marks
+# the other subsets' images as known, so they are neither pairs nor "unused" in this subset's scan.
+LAYOUTS.update({f'cdd11_{subset}': (
+    (rf'(?P<pre>(?:.*/)?){subset}/(?P<id>[^/]+)', ('{pre}clear/{id}',)),
+    (r'(?:.*/)?(?:' + '|'.join(CDD11_SUBSETS) + r')/[^/]+', ()),
+) for subset in CDD11_SUBSETS})
 
 SPLITS = ('train', 'test')
 PHASE_SPLIT = {'train': 'train', 'val': 'test', 'test': 'test'}
@@ -122,6 +170,34 @@ DATASET_KEYS = {
 }
 TASK_KEYS = ('name', 'dataroot_lq', 'dataroot_gt', 'meta_info_file', 'root', 'layout', 'io_backend', 'sigma',
              'noise_quantize', 'repeat', 'synthesize')
+
+
+def multi_hot(task):
+    """The task's atomic degradations as 0/1 over ATOMIC (all zero for a task outside CDD-11)."""
+    return [float(a in task.components) for a in ATOMIC]
+
+
+def _entry_names(entries):
+    """Task names of a dataset block's `tasks` value (preset name, task name, or list of names/dicts)."""
+    if isinstance(entries, str):
+        return list(PRESETS[entries]['test']) if entries in PRESETS else [entries]
+    return [e.get('name') if isinstance(e, dict) else e for e in entries or ()]
+
+
+def label_space_of(opt):
+    """The label space ('allinone' or 'cdd11') of the tasks an option dict's datasets name; 'allinone' if none."""
+    for block in (opt.get('datasets') or {}).values():
+        for name in _entry_names((block or {}).get('tasks')):
+            task = TASKS_BY_NAME.get(ALIASES.get(name, name)) if isinstance(name, str) else None
+            if task is not None:
+                return task.space
+    return 'allinone'
+
+
+def val_task_names(opt):
+    """{validation set name: its task names} of an option dict (the `val*` / `test*` dataset blocks)."""
+    return {str(block.get('name', key)): _entry_names(block.get('tasks'))
+            for key, block in (opt.get('datasets') or {}).items() if key != 'train' and isinstance(block, dict)}
 
 
 def check_keys(given, allowed, where):
@@ -217,4 +293,9 @@ def resolve_tasks(opt):
         resolved.append((task, spec))
     if not resolved:
         raise ValueError(f'dataset {opt.get("name", "")!r}: `tasks` is empty')
+    spaces = {task.space for task, _ in resolved}
+    if len(spaces) > 1:
+        raise ValueError(f'dataset {opt.get("name", "")!r} mixes CDD-11 subsets with the 3/5-task degradations '
+                         f'({", ".join(t.name for t, _ in resolved)}): their CLIP labels would collide; '
+                         'use one label space per dataset')
     return resolved

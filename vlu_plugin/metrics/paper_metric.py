@@ -1,13 +1,18 @@
-"""PSNR and SSIM as the all-in-one papers compute them: RGB float images in [0, 1], scikit-image's definitions.
+"""PSNR and SSIM as the all-in-one papers compute them, by named protocol (`metrics/protocols.py`).
 
 BasicSR's `calculate_psnr` / `calculate_ssim` take uint8 images and an 11×11 Gaussian SSIM window;
-VLU-Net, PromptIR and AirNet report skimage's PSNR (data_range 1) and its default SSIM (7×7 uniform
-window) on unquantised RGB outputs. These take float HWC RGB arrays in [0, 1]; the plugin's models
-pass them such arrays for every metric marked `takes_float`.
+VLU-Net, PromptIR, AirNet and AdaIR report skimage's PSNR (data_range 1) and its default SSIM (7×7 uniform
+window) on unquantised RGB outputs, the default protocol `rgb_float_skimage`. These take float HWC RGB
+arrays in [0, 1] (the plugin's models pass them such arrays for every metric marked `takes_float`) and
+compute the metric as `protocol` says: quantised to uint8 and handed to BasicSR's functions for the
+`*_uint8_basicsr` protocols, on the float images with skimage otherwise.
 """
 import numpy as np
+from basicsr.metrics.psnr_ssim import calculate_psnr, calculate_ssim
 from basicsr.utils.registry import METRIC_REGISTRY
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from vlu_plugin.metrics.protocols import DEFAULT, get_protocol
 
 
 def _float_pair(img, img2, crop_border):
@@ -21,18 +26,40 @@ def _float_pair(img, img2, crop_border):
     return img, img2
 
 
+def _uint8_bgr(img):
+    """A float RGB image in [0, 1] as BasicSR's tensor2img makes it: rounded to uint8, channels in BGR order."""
+    return np.ascontiguousarray((img * 255.0).round().astype(np.uint8)[..., ::-1])
+
+
+def _resolve(protocol, crop_border):
+    """The Protocol and the border crop to apply (an explicit crop_border overrides the protocol's)."""
+    spec = get_protocol(protocol or DEFAULT)
+    return spec, spec.crop_border if crop_border is None else crop_border
+
+
 @METRIC_REGISTRY.register()
-def calculate_psnr_float(img, img2, crop_border=0, **kwargs):
-    """PSNR (dB) of float RGB HWC images in [0, 1] with data_range 1, as the all-in-one papers report it."""
-    img, img2 = _float_pair(img, img2, crop_border)
+def calculate_psnr_float(img, img2, crop_border=None, protocol=DEFAULT, **kwargs):
+    """PSNR (dB) of float RGB HWC images in [0, 1] by `protocol` (default: the papers' skimage float RGB)."""
+    spec, crop = _resolve(protocol, crop_border)
+    if spec.quantize:
+        a, b = _float_pair(img, img2, 0)
+        return float(calculate_psnr(_uint8_bgr(a), _uint8_bgr(b), crop, input_order='HWC',
+                                    test_y_channel=spec.channel == 'y'))
+    img, img2 = _float_pair(img, img2, crop)
     return float(peak_signal_noise_ratio(img2, img, data_range=1))
 
 
 @METRIC_REGISTRY.register()
-def calculate_ssim_float(img, img2, crop_border=0, **kwargs):
-    """SSIM of float RGB HWC images in [0, 1]: skimage's default 7×7 uniform window, mean over channels."""
-    img, img2 = _float_pair(img, img2, crop_border)
-    return float(structural_similarity(img2, img, data_range=1, channel_axis=-1))
+def calculate_ssim_float(img, img2, crop_border=None, protocol=DEFAULT, **kwargs):
+    """SSIM of float RGB HWC images in [0, 1] by `protocol` (default: skimage's 7×7 uniform window, RGB)."""
+    spec, crop = _resolve(protocol, crop_border)
+    if spec.quantize:
+        a, b = _float_pair(img, img2, 0)
+        return float(calculate_ssim(_uint8_bgr(a), _uint8_bgr(b), crop, input_order='HWC',
+                                    test_y_channel=spec.channel == 'y'))
+    img, img2 = _float_pair(img, img2, crop)
+    gaussian = spec.ssim == 'gaussian_skimage'
+    return float(structural_similarity(img2, img, data_range=1, channel_axis=-1, gaussian_weights=gaussian))
 
 
 calculate_psnr_float.takes_float = True

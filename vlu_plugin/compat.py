@@ -288,9 +288,36 @@ def wrap_parse_options(original, phase):
             _OPTION_FILE['path'] = known.opt
         opt, args = original(root_path, is_train)
         validate_options(opt, args.opt, phase)  # converts the numbers YAML left as strings in the real options
+        if known.opt is not None:
+            draft['name'] = opt['name']
+            _OPTION_FILE.update(resolved=draft, rank=opt['rank'])
         return opt, args
 
     return parse_options
+
+
+def write_run_options(folder):
+    """`options_resolved.yml` of this process's run in `folder` (rank 0 only): readers never meet `!include`."""
+    from vlu_plugin.options_check import write_resolved_options
+    if 'resolved' in _OPTION_FILE and _OPTION_FILE.get('rank', 0) == 0:
+        write_resolved_options(_OPTION_FILE['resolved'], folder, _OPTION_FILE.get('path'))
+
+
+def wrap_copy_opt_file(original):
+    """basicsr.train.copy_opt_file (the verbatim copy), then the resolved copy beside it."""
+
+    def copy_opt_file(opt_file, experiments_root):
+        original(opt_file, experiments_root)
+        write_run_options(experiments_root)
+
+    return copy_opt_file
+
+
+def make_test_dirs(opt):
+    """basicsr.test's make_exp_dirs, then the resolved options in results/<name> (BasicSR copies none there)."""
+    from basicsr.utils import misc
+    misc.make_exp_dirs(opt)
+    write_run_options(opt['path']['results_root'])
 
 
 def make_exp_dirs(opt):
@@ -423,6 +450,8 @@ def patch_basicsr():
     basicsr.train.parse_options = wrap_parse_options(basicsr.train.parse_options, 'train')
     basicsr.test.parse_options = wrap_parse_options(basicsr.test.parse_options, 'test')
     basicsr.train.make_exp_dirs = make_exp_dirs
+    basicsr.train.copy_opt_file = wrap_copy_opt_file(basicsr.train.copy_opt_file)
+    basicsr.test.make_exp_dirs = make_test_dirs
     basicsr.train.create_train_val_dataloader = wrap_create_train_loader(basicsr.train.create_train_val_dataloader)
     base_model.BaseModel.resume_training = wrap_resume_schedule(base_model.BaseModel.resume_training)
     base_model.BaseModel.validation = wrap_validation(base_model.BaseModel.validation)

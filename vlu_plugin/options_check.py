@@ -7,6 +7,9 @@ ordered mappings) and says in one sentence why a file is no option file (missing
 (a name that escapes experiments/, a zero frequency, a learning rate that is no number, CUDA that is not
 there) and converts numbers YAML reads as strings (`lr: 1e-3` is a string to YAML 1.1, a number to
 BasicSR users). All raise `UserError` naming the file and the option.
+Every run leaves `options_resolved.yml` in its experiment or result folder (`write_resolved_options`): the
+options as the run read them, `!include`s expanded, plain YAML; `run_option_file(folder)` finds the copy a
+reader should use (BasicSR's verbatim copy keeps `!include` paths relative to where the file came from).
 """
 import difflib
 import math
@@ -58,6 +61,42 @@ def load_option_file(path):
         raise UserError(f'{path}: expected a mapping of options (`key: value` lines), got a YAML '
                         f'{"list" if isinstance(opt, list) else type(opt).__name__}')
     return opt
+
+
+RESOLVED_OPTIONS = 'options_resolved.yml'
+
+
+def plain(value):
+    """Nested mappings and lists as plain dicts and lists (yaml.safe_dump refuses OrderedDict)."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def write_resolved_options(opt, folder, source=None):
+    """Write `opt` as plain YAML to `<folder>/options_resolved.yml` (atomically); returns the path."""
+    import yaml
+
+    from vlu_plugin.utils.atomic import atomic_write
+    header = f'# the options of this run, !include expanded{f" (from {source})" if source else ""}\n'
+    return atomic_write(osp.join(folder, RESOLVED_OPTIONS), header + yaml.safe_dump(plain(opt), sort_keys=False))
+
+
+def run_option_file(folder):
+    """The option file to read for the run in `folder`: its `options_resolved.yml`, else the one `*.yml` there
+    (folders of runs older than the resolved copy); None when there is none. UserError when several are left."""
+    resolved = osp.join(folder, RESOLVED_OPTIONS)
+    if osp.isfile(resolved):
+        return resolved
+    ymls = sorted(osp.join(folder, name) for name in os.listdir(folder) if name.endswith('.yml'))
+    if not ymls:
+        return None
+    if len(ymls) > 1:
+        raise UserError(f'{folder}: {len(ymls)} option files ({", ".join(osp.basename(y) for y in ymls)}) and no '
+                        f'{RESOLVED_OPTIONS}; name the option file instead of the folder')
+    return ymls[0]
 
 
 def _hint(key, choices):

@@ -1,7 +1,7 @@
 """Side-by-side reports of this plugin's BasicSR experiment and result folders.
 
 Each folder is an experiment (`experiments/<name>`, with a training log) or a result (`results/<name>`);
-both hold the option file BasicSR copied there and the `metrics.csv` / `degradation_predictions.csv`
+both hold the run's `options_resolved.yml` (older runs: the option file BasicSR copied there) and the `metrics.csv` / `degradation_predictions.csv`
 that the plugin's models write during validation. The report is a per-set PSNR/SSIM table (average
 last, best per column marked), `results.csv`, `comparison.png`, `curves.png` and `clip_confusion.png`.
 """
@@ -28,14 +28,17 @@ def atomic_write_text(path, text):
 
 
 def _options(folder):
-    """The option file BasicSR copied into `folder` (the newest .yml), as a dict; {} when there is none or it
-    cannot be read (its `!include`s are relative to where it came from): the label then falls back."""
-    from vlu_plugin.options_check import load_option_file
-    ymls = sorted(glob.glob(osp.join(folder, '*.yml')), key=osp.getmtime)
-    if not ymls:
+    """The options of the run in `folder` (its `options_resolved.yml`, else the option file BasicSR copied there),
+    as a dict; {} when there is none or it cannot be read: the label then falls back."""
+    from vlu_plugin.options_check import load_option_file, run_option_file
+    try:
+        path = run_option_file(folder)
+    except UserError:  # several verbatim copies and no resolved one: the newest
+        path = sorted(glob.glob(osp.join(folder, '*.yml')), key=osp.getmtime)[-1]
+    if path is None:
         return {}
     try:
-        return load_option_file(ymls[-1])
+        return load_option_file(path)
     except (UserError, OSError, KeyError):
         return {}
 

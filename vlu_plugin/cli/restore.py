@@ -27,8 +27,8 @@ TOP_K = 3
 def add_parser(subparsers):
     """Register `restore`."""
     p = subparsers.add_parser('restore', help='restore images with a trained model (tiled, with degradation report)')
-    p.add_argument('-opt', required=True, help='a test/train option file, or an experiment folder (its .yml and '
-                                               'latest models/net_g_*.pth are used)')
+    p.add_argument('-opt', required=True, help='a test/train option file, or an experiment folder (its '
+                                               'options_resolved.yml and latest models/net_g_*.pth are used)')
     p.add_argument('input', help='an image file or a folder (searched recursively)')
     p.add_argument('output', help='output folder')
     p.add_argument('--clip', help='degradation CLIP weights (overrides path.pretrain_network_degradation_clip)')
@@ -62,17 +62,18 @@ def _count(flag):
 
 def resolve_options(opt_arg):
     """(option file, weights found beside it or None) for an option file or an experiment folder."""
+    from vlu_plugin.options_check import run_option_file
     if not osp.isdir(opt_arg):
         return opt_arg, None
-    ymls = sorted(glob.glob(osp.join(opt_arg, '*.yml')))
-    if len(ymls) != 1:
-        raise FileNotFoundError(f'{opt_arg}: expected one option file (*.yml) in the experiment folder, found {ymls}')
+    path = run_option_file(opt_arg)  # the run's resolved copy: the verbatim one's `!include`s point elsewhere
+    if path is None:
+        raise UserError(f'-opt {opt_arg}: no option file in the experiment folder (options_resolved.yml or *.yml)')
     models = glob.glob(osp.join(opt_arg, 'models', 'net_g_*.pth'))
     latest = [m for m in models if m.endswith('net_g_latest.pth')]
     numbered = [m for m in models if re.search(r'net_g_(\d+)\.pth$', m)]
     numbered.sort(key=lambda m: int(re.search(r'net_g_(\d+)\.pth$', m).group(1)))
     weights = latest[0] if latest else (numbered[-1] if numbered else None)
-    return ymls[0], weights
+    return path, weights
 
 
 def load_options(args):

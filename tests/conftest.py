@@ -14,6 +14,9 @@ import torch
 
 import vlu_plugin  # noqa: F401  (shims before anything imports basicsr)
 
+# in-process tests read option files and run pipeline pieces as the `vlu` commands do
+vlu_plugin.patch_basicsr()
+
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # nothing may download
 
 

@@ -17,7 +17,6 @@ import pytest
 import torch
 
 import vlu_plugin  # noqa: F401  (shims before basicsr)
-from basicsr.archs import build_network
 from basicsr.data import build_dataset
 from basicsr.models import build_model
 from conftest import write_images
@@ -25,6 +24,7 @@ from test_degradation_clip import TINY_CLIP, tiny_clip
 from toy_degradation_data import PROMPTS
 from vlu_plugin.checkpoints import load_checkpoint, save_checkpoint
 from vlu_plugin.data.image_io import read_image, write_lmdb
+from vlu_plugin.models.base import build_network  # BasicSR's, with errors naming unknown keys
 
 NET = {'type': 'VLUNet', 'dim': 12, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1, 'heads': [1, 1, 2, 2],
        'de_dim': 2, 'clip_dim': 64}

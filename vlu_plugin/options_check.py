@@ -11,23 +11,83 @@ Every run leaves `options_resolved.yml` in its experiment or result folder (`wri
 options as the run read them, `!include`s expanded, plain YAML; `run_option_file(folder)` finds the copy a
 reader should use (BasicSR's verbatim copy keeps `!include` paths relative to where the file came from).
 """
-import difflib
 import math
 import os
 import os.path as osp
 import re
 
 from vlu_plugin.errors import UserError
+from vlu_plugin.utils.hints import did_you_mean
 
 # YAML 1.1 reads `1e-3` (no dot) as a string; these are the spellings of a number it leaves as text
 _NUMBER = re.compile(r'^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$')
 
 
+def _deep_update(base, override):
+    """`base` with `override`'s keys set recursively (nested mappings merged, other values replaced)."""
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _include(loader, node):
+    """`!include path` or `!include {file: path, override: {...}, remove: [keys]}`: a YAML file relative to
+    the including one.
+
+    The long form changes a few keys of the shared block (e.g. AirNet's `train: {key_view: true}`) or
+    drops some (a test file drops `train`), so one data block serves every model and every stage.
+    """
+    import yaml
+    import yaml.nodes
+    including = getattr(loader, 'name', '')
+    if isinstance(node, yaml.nodes.MappingNode):
+        spec = loader.construct_mapping(node, deep=True)
+        relative, override, remove = spec.get('file'), spec.get('override') or {}, spec.get('remove') or []
+        if not relative or set(spec) - {'file', 'override', 'remove'}:
+            raise ValueError(f'{including}: !include takes a path or {{file: path, override: {{...}}, remove: [...]}}'
+                             f', got {dict(spec)}')
+    else:
+        relative, override, remove = loader.construct_scalar(node), {}, []
+    path = osp.join(osp.dirname(including), relative) if osp.isfile(including) else relative
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'{including}: !include {relative}: no such file ({path})')
+    with open(path) as f:
+        block = _deep_update(yaml.load(f, Loader=type(loader)), override)
+    for key in remove:
+        if key not in block:
+            raise KeyError(f'{including}: !include {relative}: cannot remove {key!r}, it has only {list(block)}')
+        del block[key]
+    return block
+
+
+_OPTION_LOADER = None
+
+
+def option_loader():
+    """The YAML loader of option files: PyYAML's safe loader (no Python tags, so no code runs), ordered
+    mappings as BasicSR's, and `!include`."""
+    global _OPTION_LOADER
+    if _OPTION_LOADER is None:
+        from collections import OrderedDict
+
+        import yaml
+
+        class OptionLoader(yaml.SafeLoader):
+            """PyYAML's safe loader with ordered mappings (as BasicSR's) and `!include`."""
+
+        OptionLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                     lambda loader, node: OrderedDict(loader.construct_pairs(node)))
+        OptionLoader.add_constructor('!include', _include)
+        _OPTION_LOADER = OptionLoader
+    return _OPTION_LOADER
+
+
 def load_option_file(path):
     """The option mapping in `path`, read with the safe loader; UserError when it is no option file."""
     import yaml
-
-    from vlu_plugin.compat import option_loader
     if osp.isdir(path):
         raise UserError(f'{path}: is a folder, not an option file (.yml)')
     if not osp.isfile(path):
@@ -99,12 +159,6 @@ def run_option_file(folder):
     return ymls[0]
 
 
-def _hint(key, choices):
-    """' (did you mean X?)' for the closest of `choices`, or ''."""
-    close = difflib.get_close_matches(str(key), [str(c) for c in choices], 1)
-    return f' (did you mean {close[0]!r}?)' if close else ''
-
-
 def apply_force_yml(opt, entries, path):
     """Apply BasicSR's `--force_yml key:sub=value` entries to `opt`, refusing malformed or unknown keys."""
     from basicsr.utils.options import _postprocess_yml_value
@@ -119,7 +173,7 @@ def apply_force_yml(opt, entries, path):
                 known = list(node) if isinstance(node, dict) else []
                 where = ':'.join(walked) or 'the top level'
                 raise UserError(f'--force_yml {entry}: {path} has no option {":".join(walked + [key])} '
-                                f'(--force_yml changes existing options only){_hint(key, known)}; '
+                                f'(--force_yml changes existing options only){did_you_mean(key, known)}; '
                                 f'options at {where}: {", ".join(map(str, known)) or "none"}')
             walked.append(key)
             parent, node = node, node[key]

@@ -56,22 +56,12 @@ def load_options(name):
     """A demo option file with its `!include`s resolved, as plain dicts."""
     import yaml
 
-    import vlu_plugin  # noqa: F401  (the !include-aware loader)
-    from basicsr.utils.options import ordered_yaml
+    from vlu_plugin.options_check import option_loader, plain
     path = osp.join(OPTIONS_DIR, f'{name}.yml')
     if not osp.isfile(path):
         raise FileNotFoundError(f'demo option file missing: {path} (reinstall vlu_plugin)')
     with open(path) as f:
-        return yaml.safe_load(yaml.safe_dump(_plain(yaml.load(f, Loader=ordered_yaml()[0]))))
-
-
-def _plain(value):
-    """Nested mappings and lists as plain dicts and lists (safe_dump rejects OrderedDict)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
+        return yaml.safe_load(yaml.safe_dump(plain(yaml.load(f, Loader=option_loader()))))
 
 
 def scale_schedule(opt, iters, validations=3):

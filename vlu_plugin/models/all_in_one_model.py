@@ -24,6 +24,7 @@ from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY
 
+from vlu_plugin.models.base import PluginModelMixin, check_network_options
 from vlu_plugin.precision import MixedPrecisionMixin, pop_compile_option
 from vlu_plugin.tiling import tiled_forward
 
@@ -47,13 +48,14 @@ def append_csv(path, header, rows):
 
 
 @MODEL_REGISTRY.register()
-class AllInOneModel(MixedPrecisionMixin, SRModel):
+class AllInOneModel(MixedPrecisionMixin, PluginModelMixin, SRModel):
     """SRModel plus conditioned restoration, per-degradation validation, paper metrics and tiling."""
 
     ACCURACY_METRIC = 'degradation_acc'
 
     def __init__(self, opt):
         self.compile_networks = pop_compile_option(opt, 'network_g')  # before SRModel builds network_g
+        check_network_options(opt['network_g'])  # SRModel's build_network would say only TypeError
         super().__init__(opt)
 
     def init_training_settings(self):

@@ -17,7 +17,6 @@ from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
-from basicsr.archs import build_network
 from basicsr.models.base_model import BaseModel
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
@@ -26,6 +25,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from vlu_plugin.archs.degradation_clip_arch import ADAPTER_PREFIXES
 from vlu_plugin.checkpoints import convert_official, load_checkpoint
 from vlu_plugin.models.all_in_one_model import append_csv
+from vlu_plugin.models.base import PluginModelMixin, build_network
 from vlu_plugin.precision import MixedPrecisionMixin, pop_compile_option
 
 ACCURACY_METRIC = 'degradation_acc'
@@ -65,7 +65,7 @@ class _LearnableState:
 
 
 @MODEL_REGISTRY.register()
-class DegradationCLIPModel(MixedPrecisionMixin, BaseModel):
+class DegradationCLIPModel(MixedPrecisionMixin, PluginModelMixin, BaseModel):
     """Trains a DegradationCLIP's adapters with cross-entropy against degradation labels; reports accuracy."""
 
     # BasicSR's logger + tensorboard lines for validation metrics; they only read metric_results

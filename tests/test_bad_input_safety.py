@@ -235,7 +235,7 @@ def test_safety_report_keeps_two_runs_of_one_network(tmp_path, monkeypatch, caps
 # ---- 7. restore on a full disk ---------------------------------------------------------------------------
 def test_safety_restore_on_a_full_disk_cleans_up_and_keeps_the_record(trained, tmp_path, monkeypatch, capsys):
     from conftest import write_images
-    from vlu_plugin.cli import restore
+    from vlu_plugin.utils import atomic
     write_images(tmp_path / 'in', 3, size=(24, 24))
     real_open = open
 
@@ -260,7 +260,7 @@ def test_safety_restore_on_a_full_disk_cleans_up_and_keeps_the_record(trained, t
         f = real_open(path, mode, *args, **kwargs)
         return HalfWritten(f) if 'img001.png.tmp' in str(path) else f
 
-    monkeypatch.setattr(restore, 'open', disk_full_on_the_second_image, raising=False)
+    monkeypatch.setattr(atomic, 'open', disk_full_on_the_second_image, raising=False)  # every write goes there
     rc, err = run_cli(['restore', '-opt', str(trained / 'test.yml'), '--clip', str(trained / 'clip.pth'), 'in', 'out',
                        '--tile', '0'], monkeypatch, capsys, tmp_path)
     assert rc == 2

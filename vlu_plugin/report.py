@@ -7,7 +7,6 @@ last, best per column marked), `results.csv`, `comparison.png`, `curves.png` and
 """
 import csv
 import glob
-import json
 import math
 import os
 import os.path as osp
@@ -16,15 +15,11 @@ from collections import OrderedDict, defaultdict
 
 import numpy as np
 
+from vlu_plugin import figures
 from vlu_plugin.errors import UserError
-
-
-def atomic_write_text(path, text):
-    """Write `text` to `path` through a temporary file, so a reader never sees half a file."""
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
+from vlu_plugin.utils import records
+from vlu_plugin.utils.atomic import atomic_path, atomic_write
+from vlu_plugin.utils.records import iteration
 
 
 def _options(folder):
@@ -43,42 +38,6 @@ def _options(folder):
         return {}
 
 
-def iteration(value):
-    """A record's iteration: its number during training, +inf for a test run (BasicSR passes the run's name)."""
-    return int(value) if str(value).lstrip('-').isdigit() else math.inf
-
-
-def _read_csv(path, columns=()):
-    """The rows of the CSV at `path` ([] when absent); UserError, naming the file, for a binary or malformed one."""
-    if not osp.isfile(path):
-        return []
-    try:
-        with open(path, newline='', encoding='utf-8') as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise UserError(f'{path}: not a readable CSV file ({type(error).__name__})') from None
-    missing = [c for c in columns if c not in (reader.fieldnames or [])]
-    if missing:
-        raise UserError(f'{path}: expected the columns {",".join(columns)}, the header is '
-                        f'{",".join(reader.fieldnames or []) or "empty"}')
-    return rows
-
-
-def _read_json(path):
-    """The mapping in the JSON file at `path` ({} when absent); UserError, naming the file, when corrupt."""
-    if not osp.isfile(path):
-        return {}
-    try:
-        with open(path, encoding='utf-8') as f:
-            info = json.load(f)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise UserError(f'{path}: not valid JSON ({error})') from None
-    if not isinstance(info, dict):
-        raise UserError(f'{path}: expected a JSON object, got {type(info).__name__}')
-    return info
-
-
 class Run:
     """One experiment or result folder: its label, final metrics per set, and training curves."""
 
@@ -86,7 +45,7 @@ class Run:
         self.folder = folder
         if not osp.isdir(folder):
             raise UserError(f'{folder}: no such folder' if not osp.exists(folder) else f'{folder}: not a folder')
-        info = _read_json(osp.join(folder, 'run.json'))
+        info = records.read_run_info(folder)
         opt = _options(folder)
         self.network = (info.get('network') or (opt.get('network_g') or {}).get('type')
                         or osp.basename(osp.normpath(folder)))
@@ -94,8 +53,8 @@ class Run:
             self.network = f'{self.network} ({info["variant"]})'
         self.name = str(opt.get('name') or osp.basename(osp.normpath(folder)))
         self.label = self.network
-        metrics_path = osp.join(folder, 'metrics.csv')
-        rows = _read_csv(metrics_path, ('iter', 'dataset', 'metric', 'value'))
+        metrics_path = osp.join(folder, records.METRICS)
+        rows = records.read_metrics(folder)
         self.is_experiment = bool(glob.glob(osp.join(folder, 'train_*.log')))
         if not rows and not self.is_experiment:  # an experiment without validation still has its curves
             raise UserError(f'{folder}: no metrics in metrics.csv' if osp.isfile(metrics_path) else
@@ -111,7 +70,7 @@ class Run:
         self.final = {}
         for it in sorted(self.history):  # later validations overwrite earlier ones
             self.final.update(self.history[it])
-        self.predictions = _read_csv(osp.join(folder, 'degradation_predictions.csv'))
+        self.predictions = records.read_csv(osp.join(folder, records.PREDICTIONS))
 
     def metric(self, dataset, name):
         """The final value of `name` on `dataset` (nan when absent)."""
@@ -245,14 +204,12 @@ def format_table(datasets, rows, markdown=True):
 
 def write_results_csv(path, datasets, rows):
     """One row per model and set (and the average): PSNR and SSIM."""
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w', newline='') as f:
+    with atomic_path(path) as tmp, open(tmp, 'w', newline='') as f:
         writer = csv.writer(f)
         writer.writerow(['model', 'dataset', 'psnr', 'ssim'])
         for label, cells, average in rows:
             for name, (psnr, ssim) in zip(datasets + ['average'], cells + [average]):
                 writer.writerow([label, name, f'{psnr:.4f}', f'{ssim:.4f}'])
-    os.replace(tmp, path)
 
 
 def clip_accuracy(predictions):
@@ -285,7 +242,6 @@ def build_report(folders, out_dir, title='All-in-one restoration', clip_folder=N
     The CLIP paragraph and confusion matrix come from `clip_folder` (a DegradationCLIPModel experiment)
     when given, else from the first run that recorded degradation predictions.
     """
-    from vlu_plugin import figures
     runs, experiments = merge_runs(folders)  # every folder is read before anything is written
     if osp.exists(out_dir) and not osp.isdir(out_dir):
         raise UserError(f'--out {out_dir}: exists and is not a folder')
@@ -306,5 +262,5 @@ def build_report(folders, out_dir, title='All-in-one restoration', clip_folder=N
         lines += clip_lines(predictions)
     lines += list(notes)
     lines += [f'![{name}]({name})' for name, ok in made.items() if ok]
-    atomic_write_text(osp.join(out_dir, 'report.md'), '\n'.join(lines) + '\n')
+    atomic_write(osp.join(out_dir, 'report.md'), '\n'.join(lines) + '\n')
     return format_table(datasets, rows, markdown=False)

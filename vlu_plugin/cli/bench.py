@@ -11,8 +11,6 @@ shape whose training images/s (batch / fwd+bwd time, the `img/s` column) users c
 """
 import contextlib
 import csv
-import os
-import sys
 
 import torch
 
@@ -174,17 +172,11 @@ def format_table(rows):
 
 def write_csv(rows, path):
     """Write the rows to `path` through a temporary file and a rename."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f'{path}.tmp{os.getpid()}'
-    try:
-        with open(tmp, 'w', newline='') as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows({k: ('' if r.get(k) is None else r.get(k)) for k in COLUMNS} for r in rows)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from vlu_plugin.utils.atomic import atomic_path
+    with atomic_path(path) as tmp, open(tmp, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: ('' if r.get(k) is None else r.get(k)) for k in COLUMNS} for r in rows)
 
 
 def run(args):

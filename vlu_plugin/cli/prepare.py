@@ -96,10 +96,8 @@ def run_lmdb(args):
 
 def _write_list(path, lines):
     """Write a list file atomically (a reader never sees half a list)."""
-    tmp = f'{path}.partial-{os.getpid()}'
-    with open(tmp, 'w') as f:
-        f.write(''.join(f'{line}\n' for line in lines))
-    os.replace(tmp, path)
+    from vlu_plugin.utils.atomic import atomic_write
+    atomic_write(path, ''.join(f'{line}\n' for line in lines))
 
 
 def _rel(root, where, path):

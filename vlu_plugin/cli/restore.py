@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from vlu_plugin.errors import UserError
+from vlu_plugin.utils.atomic import atomic_write
 
 TOP_K = 3
 
@@ -151,19 +152,6 @@ def encode_like(rgb, fmt, ext):
     return buf.tobytes()
 
 
-def write_bytes(content, path):
-    """Write `content` to `path` through a temporary file and a rename; a failed write leaves no file behind."""
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    tmp = f'{path}.tmp{os.getpid()}'
-    try:
-        with open(tmp, 'wb') as f:
-            f.write(content)
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
-
-
 def list_inputs(src, output=None):
     """(input path, path relative to the output folder) for a file or every image under a folder.
 
@@ -277,7 +265,7 @@ def run(args):
     finally:  # also after a failed write: what was restored stays recorded
         if rows:
             try:
-                write_bytes(_csv_text([['image', 'top', *prompts], *rows]), osp.join(args.output, 'detections.csv'))
+                atomic_write(osp.join(args.output, 'detections.csv'), _csv_text([['image', 'top', *prompts], *rows]))
             except OSError as error:
                 print(f'vlu restore: warning: cannot write detections.csv: {error.strerror or error}',
                       file=sys.stderr)
@@ -314,7 +302,7 @@ def restore_all(model, inputs, args, tile, prompts, rows, skipped):
             content = encode_like(out, fmt, '.png')
             tqdm.write(f'{rel}: {error}; written as {target}')
         try:
-            write_bytes(content, target)
+            atomic_write(target, content)
         except OSError as error:  # a full disk, a read-only folder: stop, naming the image
             raise UserError(f'cannot write {target} (restoring {path}): {error.strerror or error}; '
                             f'{len(rows) or "no"} earlier image(s) are restored'

@@ -6,10 +6,11 @@ uses another order (rain and haze swapped) that nothing downstream reads.
 
 The naming rules of the public data sets are data (`LAYOUTS`), applied by one scanner in `pairs.py`.
 """
-import difflib
 import os.path as osp
 from dataclasses import dataclass
 from typing import Optional, Tuple
+
+from vlu_plugin.utils.hints import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ TASKS = (
 )
 TASKS_BY_NAME = {task.name: task for task in TASKS}
 ALIASES = {'delowlight': 'lowlight'}  # the release's spelling
-PROMPTS = [task.text for task in sorted(TASKS, key=lambda t: t.label)]
+PROMPTS = [task.text for task in sorted(TASKS, key=lambda t: t.label)]  # the release's 7: the one source
 
 # The 5-task protocol trains on all 7 prompts but tests noise at sigma 25 only.
 PRESETS = {
@@ -125,9 +126,8 @@ def check_keys(given, allowed, where):
     """Raise naming the first unknown key of `given`, a close match and the allowed keys."""
     for key in given:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), list(allowed), n=1)
-            hint = f' (did you mean {close[0]!r}?)' if close else ''
-            raise ValueError(f'unknown option {key!r} in {where}{hint}; allowed keys: {", ".join(sorted(allowed))}')
+            raise ValueError(f'unknown option {key!r} in {where}{did_you_mean(key, allowed)}; '
+                             f'allowed keys: {", ".join(sorted(allowed))}')
 
 
 def get_task(name):

@@ -54,13 +54,15 @@ class AllInOneModel(MixedPrecisionMixin, PluginModelMixin, SRModel):
         """Extra network inputs after the image (none here; VLU-Net adds its degradation vector)."""
         return ()
 
-    def restore(self, net, lq, tile=None):
-        """Run `net` on `lq` with this model's conditioning, in tiles when `tile` = {size, overlap} is given."""
+    def restore(self, net, lq, tile=None, progress=None):
+        """Run `net` on `lq` with this model's conditioning, in tiles when `tile` = {size, overlap} is given
+        (`progress(done, total)` after each tile)."""
         extra = self.condition(lq)
         if not tile:
             return net(lq, *extra)
         # tiles blend in float32 even under autocast (val.precision)
-        return tiled_forward(lambda patch: net(patch, *extra).float(), lq, tile['size'], tile.get('overlap', 32))
+        return tiled_forward(lambda patch: net(patch, *extra).float(), lq, tile['size'], tile.get('overlap', 32),
+                             progress)
 
     def degradation_probabilities(self, lq):
         """Per-degradation probabilities (B, n) from the model's classifier, or None if it has none."""

@@ -22,7 +22,7 @@ from basicsr.models import build_model
 from conftest import write_images
 from test_degradation_clip import TINY_CLIP, tiny_clip
 from toy_degradation_data import PROMPTS
-from vlu_plugin.checkpoints import load_checkpoint, save_checkpoint
+from vlu_plugin.utils.checkpoints import load_checkpoint, save_checkpoint
 from vlu_plugin.data.image_io import read_image, write_lmdb
 from vlu_plugin.models.base import build_network  # BasicSR's, with errors naming unknown keys
 

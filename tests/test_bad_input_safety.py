@@ -24,10 +24,10 @@ import yaml
 from test_bad_input import snapshot
 from test_restore import trained  # noqa: F401  (the tiny VLU-Net + CLIP fixture)
 from test_train_pipeline import paired_options
-from vlu_plugin import experiment_lock, patches
+from vlu_plugin.utils import experiment_lock, patches
 from vlu_plugin.cli import main
-from vlu_plugin.errors import UserError
-from vlu_plugin.options_check import apply_force_yml, load_option_file, validate_options
+from vlu_plugin.utils.errors import UserError
+from vlu_plugin.utils.options_check import apply_force_yml, load_option_file, validate_options
 
 PWNED = '!!python/object/apply:os.system ["touch PWNED"]'
 

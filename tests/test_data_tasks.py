@@ -73,7 +73,7 @@ def test_the_release_prompts_have_one_source():
     import os.path as osp
 
     from vlu_plugin.archs.degradation_clip_arch import RELEASE_PROMPTS
-    from vlu_plugin.options_check import load_option_file
+    from vlu_plugin.utils.options_check import load_option_file
     assert list(RELEASE_PROMPTS) == PROMPTS
     root = osp.dirname(osp.dirname(osp.abspath(__file__)))
     listed = {}

@@ -13,7 +13,7 @@ import yaml  # noqa: E402
 import vlu_plugin  # noqa: E402,F401  (before basicsr)
 from toy_degradation_data import PROMPTS, toy_batch  # noqa: E402
 from vlu_plugin.archs.degradation_clip_arch import DegradationCLIP, cached_pretrained_file  # noqa: E402
-from vlu_plugin.checkpoints import convert_official  # noqa: E402
+from vlu_plugin.utils.checkpoints import convert_official  # noqa: E402
 from vlu_plugin.models.degradation_clip_model import read_degradation_clip_weights  # noqa: E402
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))

@@ -27,7 +27,7 @@ vlu_plugin.patch_basicsr()
 first = (options.ordered_yaml, train.parse_options, train.create_train_val_dataloader)
 vlu_plugin.patch_basicsr()
 print(json.dumps({{'own': own, 'registered': registered,
-                  'patched': options.ordered_yaml.__module__ == 'vlu_plugin.patches'
+                  'patched': options.ordered_yaml.__module__ == 'vlu_plugin.utils.patches'
                              and train.EnlargedSampler.__name__ == 'ResumableSampler'
                              and issubclass(train.EnlargedSampler, sampler.EnlargedSampler),
                   'idempotent': first == (options.ordered_yaml, train.parse_options,

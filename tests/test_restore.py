@@ -12,7 +12,7 @@ from conftest import write_images
 from vlu_plugin.archs.degradation_clip_arch import DegradationCLIP
 from vlu_plugin.archs.vlunet_arch import VLUNet
 from vlu_plugin.cli import main
-from vlu_plugin.restorer import Restorer, resolve_options
+from vlu_plugin.tools.restorer import Restorer, resolve_options
 
 PROMPTS = ['image with noise', 'image with haze', 'image with rain']
 TINY_CLIP = {'embed_dim': 64,

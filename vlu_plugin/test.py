@@ -1,6 +1,6 @@
 """`python -m vlu_plugin.test -opt X.yml [BasicSR flags]`: BasicSR's test pipeline with the plugin's fixes."""
 import vlu_plugin  # noqa: F401  (shims and registration before BasicSR runs)
-from vlu_plugin.patches import run_pipeline
+from vlu_plugin.utils.patches import run_pipeline
 
 
 def main(argv=None):

@@ -32,7 +32,7 @@ def main(argv=None):
         names = module.add_parser(sub)
         for name in [names] if isinstance(names, str) else names:
             modules[name] = module
-    from vlu_plugin.errors import UserError
+    from vlu_plugin.utils.errors import UserError
     command = argv[0] if argv else 'vlu'
     try:
         if argv and hasattr(modules.get(argv[0]), 'run_argv'):

@@ -56,7 +56,7 @@ def load_options(name):
     """A demo option file with its `!include`s resolved, as plain dicts."""
     import yaml
 
-    from vlu_plugin.options_check import option_loader, plain
+    from vlu_plugin.utils.options_check import option_loader, plain
     path = osp.join(OPTIONS_DIR, f'{name}.yml')
     if not osp.isfile(path):
         raise FileNotFoundError(f'demo option file missing: {path} (reinstall vlu_plugin)')
@@ -223,7 +223,7 @@ def run_stages(stages, out, force, jobs, threads):
 
 def write_timings(path, rows):
     """timings.csv: each stage's wall time (empty when it was done already)."""
-    from vlu_plugin.report import atomic_write_text
+    from vlu_plugin.tools.report import atomic_write_text
     lines = [['stage', 'seconds']] + [[title, '' if seconds is None else f'{seconds:.1f}'] for title, seconds in rows]
     atomic_write_text(path, ''.join(','.join(map(str, line)) + '\n' for line in lines))
 
@@ -231,7 +231,7 @@ def write_timings(path, rows):
 def run(args):
     """Run every stage, then print the table and write the report."""
     from vlu_plugin.data.synthetic_benchmark import build_synthetic_benchmark
-    from vlu_plugin.report import build_report
+    from vlu_plugin.tools.report import build_report
     if args.jobs < 1 or args.threads < 1:
         raise ValueError(f'--jobs and --threads must be at least 1 (got {args.jobs}, {args.threads})')
     start = time.time()

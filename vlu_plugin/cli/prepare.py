@@ -9,7 +9,7 @@ import os
 import os.path as osp
 import sys
 
-from vlu_plugin.errors import UserError
+from vlu_plugin.utils.errors import UserError
 
 LIST_EXAMPLES = 10  # missing partners named in the report per set
 SIZES = (32, 300)  # crop sizes: the degradations need 32 px; the smallest bundled photo is 300 px high

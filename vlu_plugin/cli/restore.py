@@ -1,11 +1,11 @@
 """`vlu restore -opt <options or experiment dir> <input> <output>`: restore images with a trained model.
 
-The restoration is `vlu_plugin.restorer.Restorer` (the Python API): any registered model; with VLUNetModel
+The restoration is `vlu_plugin.tools.restorer.Restorer` (the Python API): any registered model; with VLUNetModel
 the degradation CLIP looks at each whole image once, its top degradations are printed and written to
 `detections.csv`, and its vector conditions every tile. Images larger than `--tile` are restored in
 overlapping tiles blended linearly, which bounds memory, with a progress bar over the tiles. Outputs keep
 the input's file format, bit depth (16-bit stays 16-bit), grey/colour and alpha.
-`--save-stages` writes what each unfolding stage produced (see vlu_plugin.stages); for an image larger
+`--save-stages` writes what each unfolding stage produced (see vlu_plugin.tools.stages); for an image larger
 than one tile this comes from one extra untiled pass on the image shrunk to fit the tile.
 Unreadable inputs are reported and skipped; the exit status is then 1.
 """
@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import torch
 
-from vlu_plugin.errors import UserError
+from vlu_plugin.utils.errors import UserError
 from vlu_plugin.utils.atomic import atomic_write
 
 TOP_K = 3
@@ -148,7 +148,7 @@ def describe(probs, prompts):
 
 def run(args):
     """Run `vlu restore`."""
-    from vlu_plugin.restorer import Restorer, inference_options
+    from vlu_plugin.tools.restorer import Restorer, inference_options
     if args.tile and args.tile_overlap >= args.tile:
         raise UserError(f'--tile-overlap {args.tile_overlap} must be smaller than --tile {args.tile}')
     if osp.exists(args.output) and not osp.isdir(args.output):

@@ -230,7 +230,7 @@ class MultiDegradationDataset(data.Dataset):
     def set_epoch(self, epoch):
         """Key each training sample's randomness on (seed, epoch, index) from now on.
 
-        BasicSR's sampler calls this (see `vlu_plugin.exact_resume`); the crops, flips and noise of a
+        BasicSR's sampler calls this (see `vlu_plugin.utils.exact_resume`); the crops, flips and noise of a
         sample then depend neither on the worker that loads it nor on what was loaded before, so a
         resumed run sees exactly the batches an uninterrupted one would, with any number of workers.
         """

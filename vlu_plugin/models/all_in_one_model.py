@@ -8,7 +8,7 @@
   `degradation_predictions.csv` next to the log;
 - `val.crop_to_multiple: 16` reproduces the papers' protocol of centre-cropping lq and gt;
   `val.tile: {size, overlap}` bounds memory on large images;
-- `train.amp`, `val.precision` and `train.compile` / `network_g.compile` (see vlu_plugin.precision).
+- `train.amp`, `val.precision` and `train.compile` / `network_g.compile` (see vlu_plugin.utils.precision).
 PromptIR trains with this model as it is (plain L1).
 """
 import os.path as osp
@@ -21,8 +21,8 @@ from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY
 
 from vlu_plugin.models.base import PluginModelMixin, check_network_options
-from vlu_plugin.precision import MixedPrecisionMixin, pop_compile_option
-from vlu_plugin.tiling import tiled_forward
+from vlu_plugin.utils.precision import MixedPrecisionMixin, pop_compile_option
+from vlu_plugin.utils.tiling import tiled_forward
 from vlu_plugin.utils import records
 
 

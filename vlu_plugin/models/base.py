@@ -75,7 +75,7 @@ class PluginModelMixin:
     # ---- checkpoints -------------------------------------------------------------------------------------
     def _save(self, obj, path, what):
         """Write `obj` atomically; like BasicSR, retry a failed write and log (not raise) when it keeps failing."""
-        from vlu_plugin.checkpoints import save_checkpoint
+        from vlu_plugin.utils.checkpoints import save_checkpoint
         for attempt in range(3):
             try:
                 return save_checkpoint(obj, path)
@@ -100,7 +100,7 @@ class PluginModelMixin:
 
     def load_network(self, net, load_path, strict=True, param_key='params'):
         """BasicSR's load_network, reading with `weights_only=True` (a pickled object is refused, not run)."""
-        from vlu_plugin.checkpoints import load_checkpoint
+        from vlu_plugin.utils.checkpoints import load_checkpoint
         net = self.get_bare_model(net)
         load_net = load_checkpoint(load_path)
         if param_key is not None:
@@ -119,7 +119,7 @@ class PluginModelMixin:
         """BasicSR's training state plus the RNG states (and fp16's GradScaler), written atomically."""
         import os
 
-        from vlu_plugin.exact_resume import rng_state
+        from vlu_plugin.utils.exact_resume import rng_state
         if current_iter == -1:
             return
         state = {'epoch': epoch, 'iter': current_iter, 'rng': rng_state(),
@@ -133,7 +133,7 @@ class PluginModelMixin:
     def resume_training(self, resume_state):
         """BasicSR's resume_training, then the RNG states and GradScaler saved with the state, and the options'
         schedule at the saved position (torch restores the old periods; the cosine fails past their end)."""
-        from vlu_plugin.exact_resume import set_rng_state
+        from vlu_plugin.utils.exact_resume import set_rng_state
         super().resume_training(resume_state)
         if 'rng' in resume_state:
             set_rng_state(resume_state['rng'])

@@ -23,9 +23,9 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from vlu_plugin.archs.degradation_clip_arch import ADAPTER_PREFIXES
-from vlu_plugin.checkpoints import convert_official, load_checkpoint
+from vlu_plugin.utils.checkpoints import convert_official, load_checkpoint
 from vlu_plugin.models.base import PluginModelMixin, build_network
-from vlu_plugin.precision import MixedPrecisionMixin, pop_compile_option
+from vlu_plugin.utils.precision import MixedPrecisionMixin, pop_compile_option
 from vlu_plugin.utils import records
 from vlu_plugin.utils.records import ACCURACY_METRIC
 

@@ -14,7 +14,7 @@ import math
 import os
 import os.path as osp
 
-from vlu_plugin.errors import UserError
+from vlu_plugin.utils.errors import UserError
 from vlu_plugin.utils.atomic import atomic_write
 
 METRICS = 'metrics.csv'

@@ -159,7 +159,7 @@ def load_release_vlunet(repo_dir):
 
 def paired_vlunets(repo_dir, seed=0):
     """(ours, release) full-size VLU-Nets holding the same weights: the release's random init, converted."""
-    from vlu_plugin.checkpoints import convert_official
+    from vlu_plugin.utils.checkpoints import convert_official
     torch.manual_seed(seed)
     release = load_release_vlunet(repo_dir)(de_dim=7)
     ours = build_network('VLUNet')

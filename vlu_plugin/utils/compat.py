@@ -2,7 +2,7 @@
 
 `install_import_shims()` must run before anything imports `basicsr`; `vlu_plugin/__init__.py` calls it first
 thing. Nothing else of BasicSR is changed on import: the process-level fixes are `vlu_plugin.patch_basicsr()`
-(`vlu_plugin.patches`), the model-level ones `vlu_plugin.models.base.PluginModelMixin`.
+(`vlu_plugin.utils.patches`), the model-level ones `vlu_plugin.models.base.PluginModelMixin`.
 """
 import importlib
 import sys

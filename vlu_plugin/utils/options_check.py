@@ -16,7 +16,7 @@ import os
 import os.path as osp
 import re
 
-from vlu_plugin.errors import UserError
+from vlu_plugin.utils.errors import UserError
 from vlu_plugin.utils.hints import did_you_mean
 
 # YAML 1.1 reads `1e-3` (no dot) as a string; these are the spellings of a number it leaves as text

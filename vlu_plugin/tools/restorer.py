@@ -1,13 +1,13 @@
 """`Restorer`: restore images with a trained model from Python, as `vlu restore` does (after Real-ESRGAN's RealESRGANer).
 
-    from vlu_plugin.restorer import Restorer
+    from vlu_plugin.tools.restorer import Restorer
     restorer = Restorer('experiments/VLUNet_5task', tile=512)      # or an option file, or an option dict
     restored = restorer.restore(image)                               # H×W×3 RGB, uint8 or float in [0, 1]
     restored, probabilities = restorer.restore_with_detection(image)  # and the CLIP's degradation probabilities
 
 The model is built from the options through BasicSR (`build_model`), so any registered model works; with
 VLUNetModel the degradation CLIP looks at each whole image once and its vector conditions every tile.
-Images larger than `tile` are restored in overlapping tiles blended linearly (vlu_plugin.tiling), which
+Images larger than `tile` are restored in overlapping tiles blended linearly (vlu_plugin.utils.tiling), which
 bounds memory; `progress(done, total)` is called after each tile.
 """
 import glob
@@ -17,12 +17,12 @@ import re
 import numpy as np
 import torch
 
-from vlu_plugin.errors import UserError
+from vlu_plugin.utils.errors import UserError
 
 
 def resolve_options(opt_arg):
     """(option file, weights found beside it or None) for an option file or an experiment folder."""
-    from vlu_plugin.options_check import run_option_file
+    from vlu_plugin.utils.options_check import run_option_file
     if not osp.isdir(opt_arg):
         return opt_arg, None
     path = run_option_file(opt_arg)  # the run's resolved copy: the verbatim one's `!include`s point elsewhere
@@ -42,7 +42,7 @@ def inference_options(source, weights=None, clip=None, cpu=False, precision=None
     is_train False, no distribution, the GPUs there are (none with `cpu`); `weights` and `clip` override
     path.pretrain_network_g and path.pretrain_network_degradation_clip; `precision` sets val.precision.
     """
-    from vlu_plugin.options_check import load_option_file, validate_options
+    from vlu_plugin.utils.options_check import load_option_file, validate_options
     if isinstance(source, dict):
         path, found_weights, opt = '<options>', None, dict(source)
     else:
@@ -71,7 +71,7 @@ def build_inference_model(opt, weights):
     """The BasicSR model (eval mode) the options describe, with `weights` loaded."""
     from basicsr.models import build_model
 
-    from vlu_plugin.checkpoints import load_checkpoint
+    from vlu_plugin.utils.checkpoints import load_checkpoint
     model = build_model(opt)
     if weights.endswith('.safetensors'):
         model.get_bare_model(model.net_g).load_state_dict(load_checkpoint(weights), strict=True)
@@ -83,7 +83,7 @@ def run_network(model, lq, tile=None, progress=None):
     """The model's restoration of `lq` (its own conditioning when it has one), tiled when `tile` is given."""
     if hasattr(model, 'restore'):  # AllInOneModel and its subclasses
         return model.restore(model.net_g, lq, tile, progress=progress)
-    from vlu_plugin.tiling import tiled_forward
+    from vlu_plugin.utils.tiling import tiled_forward
     if not tile:
         return model.net_g(lq)
     return tiled_forward(model.net_g, lq, tile['size'], tile['overlap'], progress=progress)
@@ -92,13 +92,13 @@ def run_network(model, lq, tile=None, progress=None):
 def restore_image(model, img, tile, stage_folder=None, progress=None):
     """Restore one float RGB H×W×3 image in [0, 1]; returns (restored float RGB, class probabilities or None).
 
-    `stage_folder`: also save what each unfolding stage produced (vlu_plugin.stages); for an image larger than
+    `stage_folder`: also save what each unfolding stage produced (vlu_plugin.tools.stages); for an image larger than
     one tile this comes from one extra untiled pass on the image shrunk to fit the tile.
     """
     from torch.nn import functional as F
 
-    from vlu_plugin.precision import inference_autocast
-    from vlu_plugin.stages import StageRecorder, save_stages
+    from vlu_plugin.utils.precision import inference_autocast
+    from vlu_plugin.tools.stages import StageRecorder, save_stages
     lq = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1)[None].to(model.device)
     with torch.no_grad(), inference_autocast(model):
         probs = model.degradation_probabilities(lq) if hasattr(model, 'degradation_probabilities') else None
@@ -174,7 +174,7 @@ class Restorer:
         image = np.asarray(image)
         img = image.astype(np.float32) / 255. if image.dtype == np.uint8 else image.astype(np.float32)
         lq = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].to(self.device)
-        from vlu_plugin.precision import inference_autocast
+        from vlu_plugin.utils.precision import inference_autocast
         with torch.no_grad(), inference_autocast(self.model):
             probs = self.model.degradation_probabilities(lq)[0].float().cpu()
         return dict(zip(self.prompts, probs.tolist()))

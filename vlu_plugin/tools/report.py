@@ -15,8 +15,8 @@ from collections import OrderedDict, defaultdict
 
 import numpy as np
 
-from vlu_plugin import figures
-from vlu_plugin.errors import UserError
+from vlu_plugin.tools import figures
+from vlu_plugin.utils.errors import UserError
 from vlu_plugin.utils import records
 from vlu_plugin.utils.atomic import atomic_path, atomic_write
 from vlu_plugin.utils.records import iteration
@@ -25,7 +25,7 @@ from vlu_plugin.utils.records import iteration
 def _options(folder):
     """The options of the run in `folder` (its `options_resolved.yml`, else the option file BasicSR copied there),
     as a dict; {} when there is none or it cannot be read: the label then falls back."""
-    from vlu_plugin.options_check import load_option_file, run_option_file
+    from vlu_plugin.utils.options_check import load_option_file, run_option_file
     try:
         path = run_option_file(folder)
     except UserError:  # several verbatim copies and no resolved one: the newest

@@ -17,7 +17,7 @@ Model-level fixes (optimizers, CPU DDP, atomic and safe checkpoints, RNG states)
 """
 import sys
 
-from vlu_plugin.exact_resume import ResumableSampler
+from vlu_plugin.utils.exact_resume import ResumableSampler
 
 _PATCHED = False
 _RESUME = {}  # {'epoch', 'iter'} of the state load_resume_state returned, until the train loader is made
@@ -30,9 +30,9 @@ def load_resume_state(opt):
     import torch
     from basicsr.utils import check_resume, scandir
 
-    from vlu_plugin import experiment_lock
-    from vlu_plugin.checkpoints import load_error_reason
-    from vlu_plugin.errors import UserError
+    from vlu_plugin.utils import experiment_lock
+    from vlu_plugin.utils.checkpoints import load_error_reason
+    from vlu_plugin.utils.errors import UserError
     root = opt['path'].get('experiments_root')
     if root and opt['rank'] == 0:
         experiment_lock.check_free(root)  # before anything is read, archived or written
@@ -116,7 +116,7 @@ def wrap_parse_options(original, phase):
     def parse_options(root_path, is_train=True):
         import argparse
 
-        from vlu_plugin.options_check import apply_force_yml, load_option_file, validate_options
+        from vlu_plugin.utils.options_check import apply_force_yml, load_option_file, validate_options
         # the flags BasicSR's parser reads; argparse errors are BasicSR's own (usage, exit 2)
         pre = argparse.ArgumentParser(add_help=False)
         pre.add_argument('-opt')
@@ -141,7 +141,7 @@ def wrap_parse_options(original, phase):
 
 def write_run_options(folder):
     """`options_resolved.yml` of this process's run in `folder` (rank 0 only): readers never meet `!include`."""
-    from vlu_plugin.options_check import write_resolved_options
+    from vlu_plugin.utils.options_check import write_resolved_options
     if 'resolved' in _OPTION_FILE and _OPTION_FILE.get('rank', 0) == 0:
         write_resolved_options(_OPTION_FILE['resolved'], folder, _OPTION_FILE.get('path'))
 
@@ -171,7 +171,7 @@ def make_exp_dirs(opt):
 
     from basicsr.utils import misc
 
-    from vlu_plugin import experiment_lock
+    from vlu_plugin.utils import experiment_lock
     if opt['rank'] != 0:  # BasicSR's make_exp_dirs is master_only
         return
     if not opt['is_train']:
@@ -192,7 +192,7 @@ def make_exp_dirs(opt):
 def check_train_loader(opt, train_loader):
     """Refuse a training set that yields no batch (BasicSR drops the last incomplete one): it would 'train'
     zero iterations, exit 0 and save untrained weights."""
-    from vlu_plugin.errors import UserError
+    from vlu_plugin.utils.errors import UserError
     if train_loader is None or len(train_loader):
         return
     dataset_opt = opt['datasets']['train']
@@ -210,7 +210,7 @@ def wrap_create_train_loader(original):
     samples skipped by the sampler (exact resume)."""
 
     def create_train_val_dataloader(opt, logger):
-        from vlu_plugin.exact_resume import consumed_samples
+        from vlu_plugin.utils.exact_resume import consumed_samples
         result = original(opt, logger)
         train_loader, train_sampler = result[0], result[1]
         check_train_loader(opt, train_loader)
@@ -232,7 +232,7 @@ _ORIGINAL_ORDERED_YAML = None
 
 def ordered_yaml():
     """BasicSR's (Loader, Dumper) pair with the plugin's safe, `!include`-aware option loader."""
-    from vlu_plugin.options_check import option_loader
+    from vlu_plugin.utils.options_check import option_loader
     return option_loader(), _ORIGINAL_ORDERED_YAML()[1]
 
 

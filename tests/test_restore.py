@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+import conftest
 from conftest import write_images
 
 from vlu_plugin.archs.degradation_clip_arch import DegradationCLIP
@@ -15,11 +16,8 @@ from vlu_plugin.cli import main
 from vlu_plugin.tools.restorer import Restorer, resolve_options
 
 PROMPTS = ['image with noise', 'image with haze', 'image with rain']
-TINY_CLIP = {'embed_dim': 64,
-             'vision_cfg': {'image_size': 64, 'patch_size': 16, 'width': 64, 'layers': 2, 'head_width': 32},
-             'text_cfg': {'context_length': 16, 'width': 64, 'heads': 2, 'layers': 2}}
-TINY_VLUNET = {'de_dim': 3, 'dim': 12, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1, 'heads': [1, 1, 2, 2],
-               'clip_dim': 64}
+TINY_VLUNET = dict(conftest.TINY_VLUNET, de_dim=3, clip_dim=64)
+TINY_CLIP = conftest.TINY_CLIP
 STAGES = ('encoder_level1', 'encoder_level2', 'encoder_level3', 'latent', 'decoder_level3', 'decoder_level2',
           'decoder_level1', 'refinement')
 

@@ -223,7 +223,7 @@ def run_stages(stages, out, force, jobs, threads):
 
 def write_timings(path, rows):
     """timings.csv: each stage's wall time (empty when it was done already)."""
-    from vlu_plugin.tools.report import atomic_write_text
+    from vlu_plugin.utils.atomic import atomic_write as atomic_write_text
     lines = [['stage', 'seconds']] + [[title, '' if seconds is None else f'{seconds:.1f}'] for title, seconds in rows]
     atomic_write_text(path, ''.join(','.join(map(str, line)) + '\n' for line in lines))
 

@@ -1,8 +1,8 @@
 """Side-by-side reports of this plugin's BasicSR experiment and result folders.
 
 Each folder is an experiment (`experiments/<name>`, with a training log) or a result (`results/<name>`);
-both hold the run's `options_resolved.yml` (older runs: the option file BasicSR copied there) and the `metrics.csv` / `degradation_predictions.csv`
-that the plugin's models write during validation. The report is a per-set PSNR/SSIM table (average
+both hold the run's `options_resolved.yml` (older runs: the option file BasicSR copied there) and the
+validation records the plugin's models write (`utils/records.py`: metrics.csv, degradation_predictions.csv). The report is a per-set PSNR/SSIM table (average
 last, best per column marked), `results.csv`, `comparison.png`, `curves.png` and `clip_confusion.png`.
 """
 import csv

@@ -1,4 +1,4 @@
-"""`Restorer`: restore images with a trained model from Python, as `vlu restore` does (after Real-ESRGAN's RealESRGANer).
+"""`Restorer`: restore images with a trained model from Python, as `vlu restore` does (after RealESRGANer).
 
     from vlu_plugin.tools.restorer import Restorer
     restorer = Restorer('experiments/VLUNet_5task', tile=512)      # or an option file, or an option dict

@@ -14,7 +14,18 @@ import torch
 
 import vlu_plugin  # noqa: F401  (shims before anything imports basicsr)
 
+# in-process tests read option files and run pipeline pieces as the `vlu` commands do
+vlu_plugin.patch_basicsr()
+
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # nothing may download
+
+# The tiny networks every test builds (one definition): a 2-layer ViT on 64×64 inputs and a 2-layer text tower,
+# 64-d embeddings (about 3.4 M parameters, 3.2 M of them the 49,408-token embedding the tokenizer needs), and a
+# VLU-Net 12 channels wide with one block per level.
+TINY_CLIP = {'embed_dim': 64,
+             'vision_cfg': {'image_size': 64, 'patch_size': 16, 'width': 64, 'layers': 2, 'head_width': 32},
+             'text_cfg': {'context_length': 16, 'width': 64, 'heads': 2, 'layers': 2}}
+TINY_VLUNET = {'dim': 12, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1, 'heads': [1, 1, 2, 2]}
 
 
 def write_images(folder, count, size=(48, 40), seed=0, prefix='img'):

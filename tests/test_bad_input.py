@@ -17,17 +17,16 @@ import pytest
 import torch
 
 import vlu_plugin  # noqa: F401  (shims before basicsr)
-from basicsr.archs import build_network
 from basicsr.data import build_dataset
 from basicsr.models import build_model
-from conftest import write_images
+from conftest import TINY_VLUNET, write_images
 from test_degradation_clip import TINY_CLIP, tiny_clip
 from toy_degradation_data import PROMPTS
-from vlu_plugin.checkpoints import load_checkpoint, save_checkpoint
+from vlu_plugin.utils.checkpoints import load_checkpoint, save_checkpoint
 from vlu_plugin.data.image_io import read_image, write_lmdb
+from vlu_plugin.models.base import build_network  # BasicSR's, with errors naming unknown keys
 
-NET = {'type': 'VLUNet', 'dim': 12, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1, 'heads': [1, 1, 2, 2],
-       'de_dim': 2, 'clip_dim': 64}
+NET = {'type': 'VLUNet', **TINY_VLUNET, 'de_dim': 2, 'clip_dim': 64}
 CLIP_BLOCK = {'type': 'DegradationCLIP', 'prompts': PROMPTS, 'pretrained': None, 'clip_config': TINY_CLIP}
 
 
@@ -474,10 +473,10 @@ def test_bad_input_failed_benchmark_rebuild_keeps_the_old_benchmark(tmp_path, mo
     with pytest.raises(ValueError, match=r'size 16 is too small'):
         synthetic_benchmark.build_synthetic_benchmark(str(out), size=16, quick=True, progress=False)
 
-    def disk_full(path, items):
-        raise OSError(28, 'No space left on device', path)
+    def disk_full(data_root, rel_paths, keys, lmdb_path, overwrite=False):
+        raise OSError(28, 'No space left on device', lmdb_path)
 
-    monkeypatch.setattr(synthetic_benchmark, '_write_lmdb', disk_full)  # fails half-way through a rebuild
+    monkeypatch.setattr(synthetic_benchmark, 'write_lmdb', disk_full)  # fails half-way through a rebuild
     with pytest.raises(OSError, match=r'No space left on device.*\.lmdb'):
         synthetic_benchmark.build_synthetic_benchmark(str(out), size=32, quick=True, progress=False, force=True)
     assert snapshot(out) == before

@@ -24,10 +24,10 @@ import yaml
 from test_bad_input import snapshot
 from test_restore import trained  # noqa: F401  (the tiny VLU-Net + CLIP fixture)
 from test_train_pipeline import paired_options
-from vlu_plugin import compat, experiment_lock
+from vlu_plugin.utils import experiment_lock, patches
 from vlu_plugin.cli import main
-from vlu_plugin.errors import UserError
-from vlu_plugin.options_check import apply_force_yml, load_option_file, validate_options
+from vlu_plugin.utils.errors import UserError
+from vlu_plugin.utils.options_check import apply_force_yml, load_option_file, validate_options
 
 PWNED = '!!python/object/apply:os.system ["touch PWNED"]'
 
@@ -168,7 +168,7 @@ def test_safety_auto_resume_without_states_keeps_the_folder(tmp_path):
            'path': {'experiments_root': str(exp), 'models': str(exp / 'models'), 'log': str(exp),
                     'training_states': str(exp / 'training_states'), 'pretrain_network_g': None}}
     try:
-        compat.make_exp_dirs(opt)
+        patches.make_exp_dirs(opt)
         assert os.listdir(tmp_path / 'experiments') == ['run']  # not renamed to run_archived_<time>
         assert (exp / 'train_run_1.log').read_text() == 'the first attempt\n' and (exp / 'models').is_dir()
         assert (exp / experiment_lock.LOCK_NAME).read_text().split()[0] == str(os.getpid())
@@ -235,7 +235,7 @@ def test_safety_report_keeps_two_runs_of_one_network(tmp_path, monkeypatch, caps
 # ---- 7. restore on a full disk ---------------------------------------------------------------------------
 def test_safety_restore_on_a_full_disk_cleans_up_and_keeps_the_record(trained, tmp_path, monkeypatch, capsys):
     from conftest import write_images
-    from vlu_plugin.cli import restore
+    from vlu_plugin.utils import atomic
     write_images(tmp_path / 'in', 3, size=(24, 24))
     real_open = open
 
@@ -260,7 +260,7 @@ def test_safety_restore_on_a_full_disk_cleans_up_and_keeps_the_record(trained, t
         f = real_open(path, mode, *args, **kwargs)
         return HalfWritten(f) if 'img001.png.tmp' in str(path) else f
 
-    monkeypatch.setattr(restore, 'open', disk_full_on_the_second_image, raising=False)
+    monkeypatch.setattr(atomic, 'open', disk_full_on_the_second_image, raising=False)  # every write goes there
     rc, err = run_cli(['restore', '-opt', str(trained / 'test.yml'), '--clip', str(trained / 'clip.pth'), 'in', 'out',
                        '--tile', '0'], monkeypatch, capsys, tmp_path)
     assert rc == 2
@@ -417,7 +417,7 @@ def test_bad_input_corrupt_latest_state_falls_back(tmp_path, capsys, damage):
     before = snapshot(folder)
     opt = resume_options(tmp_path)
     try:
-        state = compat.load_resume_state(opt)
+        state = patches.load_resume_state(opt)
     finally:
         experiment_lock.release_all()
     assert state['iter'] == 2 and opt['path']['resume_state'] == str(folder / '2.state')
@@ -426,15 +426,15 @@ def test_bad_input_corrupt_latest_state_falls_back(tmp_path, capsys, damage):
     assert 'weights_only' not in err and snapshot(folder) == before
     (folder / '2.state').write_bytes(b'')
     with pytest.raises(UserError, match=r'training_states: none of the 2 training states is readable'):
-        compat.load_resume_state(resume_options(tmp_path))
+        patches.load_resume_state(resume_options(tmp_path))
     with pytest.raises(UserError, match=r'path\.resume_state .*4\.state: not a readable training state'):
-        compat.load_resume_state(resume_options(tmp_path, auto_resume=False, resume_state=str(folder / '4.state')))
+        patches.load_resume_state(resume_options(tmp_path, auto_resume=False, resume_state=str(folder / '4.state')))
 
 
 def test_bad_input_resume_past_total_iter_is_refused(tmp_path):
     folder = training_states(tmp_path, 8)
     with pytest.raises(UserError, match=r'8\.state was saved at iteration 8, past train\.total_iter 4'):
-        compat.load_resume_state(resume_options(tmp_path, total_iter=4))
+        patches.load_resume_state(resume_options(tmp_path, total_iter=4))
     assert os.listdir(folder) == ['8.state']
 
 

@@ -11,7 +11,7 @@ from basicsr.losses import build_loss
 
 from vlu_plugin.archs.airnet_arch import AirNet
 from vlu_plugin.archs.promptir_arch import PromptIR, PromptBlock, default_prompt_dims
-from vlu_plugin.checkpoints import convert_official
+from vlu_plugin.utils.checkpoints import convert_official
 
 PROMPTIR_SMALL = dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, prompt_sizes=(16, 8, 4))
 AIRNET_SMALL = dict(num_feat=8, num_groups=2, num_blocks=2, encoder_dims=(8, 16, 32), queue_size=12)

@@ -18,7 +18,7 @@ from vlu_plugin.cli import main
 from vlu_plugin.cli.prepare import PRESET_NAMES
 from vlu_plugin.data.tasks import (ATOMIC, CDD11_PROMPTS, CDD11_SUBSETS, CDD11_TASKS, PRESETS, get_task,
                                    label_space_of, resolve_tasks)
-from vlu_plugin.options_check import load_option_file
+from vlu_plugin.utils.options_check import load_option_file
 
 OPTIONS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'options')
 MODELS = ('VLUNet', 'PromptIR', 'AirNet', 'AdaIR', 'MoCEIR')
@@ -123,7 +123,7 @@ def test_shipped_cdd11_options_resolve_one_val_set_per_subset(model):
 def test_vlunet_trains_on_cdd11_through_basicsr_and_reports_per_subset(cdd11_root, tmp_path):
     """The shipped VLU-Net CDD-11 options, shrunk: two training steps, one validation per subset, the report."""
     from vlu_plugin.archs.degradation_clip_arch import DegradationCLIP
-    from vlu_plugin.report import build_report
+    from vlu_plugin.tools.report import build_report
     assert main(['prepare', 'lists', '--root', str(cdd11_root), '--preset', 'cdd11']) == 0
     torch.manual_seed(0)
     clip = DegradationCLIP(prompts=CDD11_PROMPTS, pretrained=None, clip_config=TINY_CLIP)

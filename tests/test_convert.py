@@ -9,7 +9,7 @@ from test_vlunet_arch import TO_RELEASE
 from vlu_plugin.archs.airnet_arch import AirNet
 from vlu_plugin.archs.promptir_arch import PromptIR
 from vlu_plugin.archs.vlunet_arch import VLUNet
-from vlu_plugin.checkpoints import load_checkpoint
+from vlu_plugin.utils.checkpoints import load_checkpoint
 from vlu_plugin.cli import main
 from vlu_plugin.cli.convert import clip_adapters_path, convert
 
@@ -18,7 +18,7 @@ PROMPTIR_SMALL = dict(dim=16, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, 
 AIRNET_SMALL = dict(num_feat=16, num_groups=1, num_blocks=1, encoder_dims=(16, 32, 64), queue_size=16)
 
 # This package's names → the releases' (written out once, in test_vlunet_arch, independently of
-# vlu_plugin.checkpoints); PromptIR differs from Restormer's names only in LayerNorm's `body`.
+# vlu_plugin.utils.checkpoints); PromptIR differs from Restormer's names only in LayerNorm's `body`.
 VLUNET_NAMES = TO_RELEASE
 RESTORMER_NAMES = TO_RELEASE[:1]
 

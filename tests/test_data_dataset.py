@@ -163,9 +163,9 @@ def test_synthesis_needs_clean_images_and_valid_scale_range(bench, tmp_path):
 
 
 def test_repeats_of_a_sample_in_an_enlarged_epoch_differ(bench):
-    from basicsr.data.data_sampler import EnlargedSampler
+    from vlu_plugin.utils.exact_resume import ResumableSampler
     ds = make(**disk_opt(bench, gt_size=32))
-    sampler = EnlargedSampler(ds, 1, 0, ratio=3)
+    sampler = ResumableSampler(ds, 1, 0, ratio=3)
     sampler.set_epoch(0)
     indices = list(sampler)
     assert len(indices) == 3 * len(ds) and max(indices) >= len(ds)  # the plugin's sampler keeps the repeat

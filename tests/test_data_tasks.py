@@ -65,3 +65,30 @@ def test_bad_input_io_backend_not_a_mapping():
 def test_bad_input_task_without_data():
     with pytest.raises(ValueError, match=r"task 'derain' has no data"):
         resolve_tasks({'phase': 'train', 'tasks': ['derain']})
+
+
+def test_the_release_prompts_have_one_source():
+    """The task table's texts are the CLIP's default prompts, and every option file that lists prompts copies them."""
+    import glob
+    import os.path as osp
+
+    from vlu_plugin.archs.degradation_clip_arch import RELEASE_PROMPTS
+    from vlu_plugin.utils.options_check import load_option_file
+    assert list(RELEASE_PROMPTS) == PROMPTS
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    listed = {}
+    for path in glob.glob(osp.join(root, 'options', '**', '*.yml'), recursive=True) + \
+            glob.glob(osp.join(root, 'vlu_plugin', 'options', '**', '*.yml'), recursive=True):
+        found = []
+
+        def walk(node):
+            if isinstance(node, dict):
+                if node.get('type') == 'DegradationCLIP' and 'prompts' in node:
+                    found.append(list(node['prompts']))
+                for value in node.values():
+                    walk(value)
+        walk(load_option_file(path))
+        if found:
+            listed[path] = found
+    assert any('demo' in p for p in listed) and any('_shared' in p and 'demo' not in p for p in listed), listed
+    assert all(prompts == PROMPTS for found in listed.values() for prompts in found), listed

@@ -13,15 +13,11 @@ import yaml  # noqa: E402
 import vlu_plugin  # noqa: E402,F401  (before basicsr)
 from toy_degradation_data import PROMPTS, toy_batch  # noqa: E402
 from vlu_plugin.archs.degradation_clip_arch import DegradationCLIP, cached_pretrained_file  # noqa: E402
-from vlu_plugin.checkpoints import convert_official  # noqa: E402
+from vlu_plugin.utils.checkpoints import convert_official  # noqa: E402
 from vlu_plugin.models.degradation_clip_model import read_degradation_clip_weights  # noqa: E402
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-# A 2-layer ViT on 64×64 inputs and a 2-layer text tower, 64-d embeddings (about 3.4 M parameters,
-# 3.2 M of them the 49,408-token embedding the tokenizer needs).
-TINY_CLIP = {'embed_dim': 64,
-             'vision_cfg': {'image_size': 64, 'patch_size': 16, 'width': 64, 'layers': 2, 'head_width': 32},
-             'text_cfg': {'context_length': 16, 'width': 64, 'heads': 2, 'layers': 2}}
+from conftest import TINY_CLIP  # noqa: E402  (the shared tiny CLIP; other test modules import it from here too)
 
 
 def tiny_clip(**kwargs):

@@ -63,7 +63,7 @@ def test_demo_models_share_one_parameter_budget_and_the_clip_runs_only_when_need
     from basicsr.archs import build_network
 
     from vlu_plugin.cli import demo
-    from vlu_plugin.errors import UserError
+    from vlu_plugin.utils.errors import UserError
     count = {model: sum(p.numel() for p in build_network(demo.load_options(model)['network_g']).parameters())
              for model in demo.MODELS}
     for model, params in count.items():  # equal budgets within +-10 % (issue 11)

@@ -12,7 +12,7 @@ from test_restore import trained  # noqa: F401  (fixture: a tiny VLU-Net + CLIP 
 from test_train_pipeline import NET, write_options
 from torch import nn
 
-from vlu_plugin import precision
+from vlu_plugin.utils import precision
 
 TOTAL = 6  # iterations of the SIGKILL test's runs (checkpoints every 3)
 

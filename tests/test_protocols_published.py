@@ -10,12 +10,12 @@ import vlu_plugin  # noqa: F401  (shims before basicsr)
 from basicsr.metrics.psnr_ssim import calculate_psnr, calculate_ssim
 from basicsr.utils import tensor2img
 from skimage.metrics import structural_similarity
-from vlu_plugin.errors import UserError
+from vlu_plugin.utils.errors import UserError
 from vlu_plugin.metrics.paper_metric import calculate_psnr_float, calculate_ssim_float
 from vlu_plugin.metrics.protocols import PROTOCOLS, protocol_of_metric, protocol_of_options
-from vlu_plugin.options_check import validate_options
-from vlu_plugin.published import PUBLISHED, benchmark_of
-from vlu_plugin.report import build_report
+from vlu_plugin.utils.options_check import validate_options
+from vlu_plugin.tools.published import PUBLISHED, benchmark_of
+from vlu_plugin.tools.report import build_report
 
 
 @pytest.fixture

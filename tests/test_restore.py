@@ -1,5 +1,4 @@
 """`vlu restore` (tiny VLU-Net + tiny CLIP written here), tiling equivalence, stage dumps, and `vlu bench --quick`."""
-import argparse
 import csv
 import math
 
@@ -8,19 +7,17 @@ import numpy as np
 import pytest
 import torch
 import yaml
+import conftest
 from conftest import write_images
 
 from vlu_plugin.archs.degradation_clip_arch import DegradationCLIP
 from vlu_plugin.archs.vlunet_arch import VLUNet
 from vlu_plugin.cli import main
-from vlu_plugin.cli.restore import build, resolve_options, restore_one
+from vlu_plugin.tools.restorer import Restorer, resolve_options
 
 PROMPTS = ['image with noise', 'image with haze', 'image with rain']
-TINY_CLIP = {'embed_dim': 64,
-             'vision_cfg': {'image_size': 64, 'patch_size': 16, 'width': 64, 'layers': 2, 'head_width': 32},
-             'text_cfg': {'context_length': 16, 'width': 64, 'heads': 2, 'layers': 2}}
-TINY_VLUNET = {'de_dim': 3, 'dim': 12, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1, 'heads': [1, 1, 2, 2],
-               'clip_dim': 64}
+TINY_VLUNET = dict(conftest.TINY_VLUNET, de_dim=3, clip_dim=64)
+TINY_CLIP = conftest.TINY_CLIP
 STAGES = ('encoder_level1', 'encoder_level2', 'encoder_level3', 'latent', 'decoder_level3', 'decoder_level2',
           'decoder_level1', 'refinement')
 
@@ -81,13 +78,20 @@ def test_restore_folder_reports_detections_and_skips_a_corrupt_image(trained, tm
 
 
 def test_tiled_restoration_matches_whole_image(trained):
-    args = argparse.Namespace(opt=str(trained / 'test.yml'), clip=str(trained / 'clip.pth'), weights=None, cpu=True)
-    model, _ = build(args)
+    restorer = Restorer(str(trained / 'test.yml'), clip=str(trained / 'clip.pth'), tile=0, device='cpu')
     img = cv2.resize(np.random.default_rng(3).random((20, 24, 3)).astype(np.float32), (184, 160),
                      interpolation=cv2.INTER_CUBIC).clip(0, 1)  # 160×184: 2×3 tiles of 96 with overlap 32
-    whole, probs = restore_one(model, img, None)
-    tiled, probs_tiled = restore_one(model, img, {'size': 96, 'overlap': 32})
+    whole, probs = restorer.restore_with_detection(img)
+    restorer.tile, restorer.tile_overlap = 96, 32
+    seen = []
+    tiled, probs_tiled = restorer.restore_with_detection(img, progress=lambda done, total: seen.append((done, total)))
     assert torch.equal(probs, probs_tiled)  # the CLIP sees the whole image either way
+    assert seen == [(k, 6) for k in range(1, 7)]  # one progress call per tile
+    assert tiled.dtype == np.float32 and tiled.shape == img.shape
+    as_uint8 = restorer.restore((img * 255).round().astype(np.uint8))
+    assert as_uint8.dtype == np.uint8 and as_uint8.shape == img.shape
+    assert abs(as_uint8.astype(np.float32) / 255 - tiled).max() < 0.05
+    assert set(restorer.detect(img)) == set(PROMPTS) and restorer.prompts == PROMPTS
 
     def psnr(a, b):
         return 10 * math.log10(1 / float(np.mean((a - b) ** 2)))

@@ -5,10 +5,10 @@ import os
 import torch
 import yaml
 
-from conftest import run_vlu
+from conftest import TINY_VLUNET, run_vlu
 from vlu_plugin.archs.vlunet_arch import VLUNet
 
-NET = {'type': 'VLUNet', 'dim': 12, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1, 'heads': [1, 1, 2, 2]}
+NET = {'type': 'VLUNet', **TINY_VLUNET}
 
 
 def paired_options(root, name, total_iter=4):

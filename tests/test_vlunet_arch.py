@@ -6,7 +6,7 @@ import torch
 from basicsr.archs import build_network
 
 from vlu_plugin.archs.vlunet_arch import VLUNet
-from vlu_plugin.checkpoints import convert_official
+from vlu_plugin.utils.checkpoints import convert_official
 
 SMALL = dict(dim=16, num_blocks=[1, 1, 1, 2], num_refinement_blocks=1, heads=[1, 2, 4, 8], clip_dim=32)
 

@@ -16,7 +16,7 @@ from conftest import write_images
 
 from vlu_plugin.archs.adair_arch import AdaIR
 from vlu_plugin.archs.moceir_arch import MoCEIR
-from vlu_plugin.checkpoints import convert_official, load_checkpoint
+from vlu_plugin.utils.checkpoints import convert_official, load_checkpoint
 from vlu_plugin.cli import main
 from vlu_plugin.cli.convert import convert
 from vlu_plugin.losses.moceir_loss import MoCERoutingLoss
@@ -25,7 +25,7 @@ ADAIR_SMALL = dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1)
 MOCEIR_SMALL = dict(dim=16, num_blocks=[1, 1, 1, 1], num_dec_blocks=[1, 1, 1], num_refinement_blocks=1)
 
 # This package's names → the releases' (c-yn/AdaIR net/model.py; eduardzamfir/MoCE-IR src/net/moce_ir.py),
-# written out here independently of vlu_plugin.checkpoints.
+# written out here independently of vlu_plugin.utils.checkpoints.
 ADAIR_TO_RELEASE = ((r'(norm\d)\.', r'\1.body.'), (r'\.spatial_gate\.', '.SpatialGate.'),
                     (r'\.channel_gate\.', '.ChannelGate.'))
 _PLAIN_BLOCK = r'^(encoder\.\d+\.\d+|latent\.\d+|refinement\.\d+)\.'

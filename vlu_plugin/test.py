@@ -1,16 +1,11 @@
-"""`python -m vlu_plugin.test -opt X.yml [BasicSR flags]`: BasicSR's test pipeline with the plugin registered."""
-import os
-import sys
-
+"""`python -m vlu_plugin.test -opt X.yml [BasicSR flags]`: BasicSR's test pipeline with the plugin's fixes."""
 import vlu_plugin  # noqa: F401  (shims and registration before BasicSR runs)
+from vlu_plugin.utils.patches import run_pipeline
 
 
 def main(argv=None):
-    """Run BasicSR's testing with results under the current directory."""
-    from basicsr.test import test_pipeline
-    if argv is not None:
-        sys.argv = [sys.argv[0]] + list(argv)
-    test_pipeline(os.getcwd())
+    """Run BasicSR's testing (`patch_basicsr()` applied) with results under the current directory."""
+    return run_pipeline('test', argv)
 
 
 if __name__ == '__main__':

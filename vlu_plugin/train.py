@@ -1,16 +1,11 @@
-"""`python -m vlu_plugin.train -opt X.yml [BasicSR flags]`: BasicSR's train pipeline with the plugin registered."""
-import os
-import sys
-
+"""`python -m vlu_plugin.train -opt X.yml [BasicSR flags]`: BasicSR's train pipeline with the plugin's fixes."""
 import vlu_plugin  # noqa: F401  (shims and registration before BasicSR runs)
+from vlu_plugin.utils.patches import run_pipeline
 
 
 def main(argv=None):
-    """Run BasicSR's training with experiments under the current directory."""
-    from basicsr.train import train_pipeline
-    if argv is not None:
-        sys.argv = [sys.argv[0]] + list(argv)
-    train_pipeline(os.getcwd())
+    """Run BasicSR's training (`patch_basicsr()` applied) with experiments under the current directory."""
+    return run_pipeline('train', argv)
 
 
 if __name__ == '__main__':

@@ -8,7 +8,7 @@ each band gated by the other) and adds the result to the features with learned p
 This is the release's `decoder=True` network (net/model.py), the one its training script builds.
 
 Module names follow the release so its checkpoints map onto this network
-(`vlu_plugin.checkpoints.convert_official('AdaIR', ...)`); the FMoM gates are `spatial_gate` and
+(`vlu_plugin.utils.checkpoints.convert_official('AdaIR', ...)`); the FMoM gates are `spatial_gate` and
 `channel_gate` here (the release's `SpatialGate`/`ChannelGate`). Two modules of each AFLB that the
 release creates but never calls (`conv`, `score_gen`: 18,738 parameters at full size) are left out
 and dropped by the converter, so the release's 28,784,824 parameters are 28,766,086 here.

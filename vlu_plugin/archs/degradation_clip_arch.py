@@ -19,9 +19,10 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
-# The release's prompts in its 5-task label order (noise σ15/25/50, haze, rain, blur, low light).
-RELEASE_PROMPTS = ('image with noise', 'image with many noise', 'image with large amount of noise', 'image with haze',
-                   'image with rain', 'image with blur', 'image with low light')
+from vlu_plugin.data.tasks import PROMPTS as TASK_PROMPTS
+
+# The release's prompts in its 5-task label order (noise σ15/25/50, haze, rain, blur, low light): the task table's
+RELEASE_PROMPTS = tuple(TASK_PROMPTS)
 
 ADAPTER_PREFIXES = ('image_adapter.', 'text_adapter.')
 BACKBONE_PREFIX = 'backbone.'

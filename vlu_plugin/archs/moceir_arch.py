@@ -18,7 +18,7 @@ clean logits in eval mode (deterministic outputs); training always draws the noi
 term of the routing loss needs. During training the routers' logits are kept in `routing_records`
 for `MoCERoutingLoss` (vlu_plugin.losses), which `MoCEIRModel` applies.
 
-Module names are readable here; `vlu_plugin.checkpoints` maps the release's (`enc.i.0.layers`,
+Module names are readable here; `vlu_plugin.utils.checkpoints` maps the release's (`enc.i.0.layers`,
 `dec.i.2.layers`, ...). Unselected experts get no gradient in a step, in the release as here: training
 under DDP needs `find_unused_parameters: true` (the option files set it).
 """

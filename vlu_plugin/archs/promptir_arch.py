@@ -4,7 +4,7 @@ At three decoder levels a prompt block pools the features, turns them into softm
 small bank of learned prompts, and returns the weighted prompt resized to the feature map; the
 features and the prompt are concatenated, mixed by one Transformer block (`noise_level*`) and
 reduced back by a 1×1 conv (`reduce_noise_level*`). Module names follow the release so its
-checkpoints map onto this network (`vlu_plugin.checkpoints.convert_official('PromptIR', ...)`).
+checkpoints map onto this network (`vlu_plugin.utils.checkpoints.convert_official('PromptIR', ...)`).
 
 The release's `decoder=False` path cannot run (its latent has the wrong width), so the decoder
 prompts are the only behaviour here. The six 1×1 convs the release creates but never calls

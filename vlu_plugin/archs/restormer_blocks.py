@@ -2,7 +2,7 @@
 
 Module and parameter names follow Restormer (`qkv`, `qkv_dwconv`, `project_out`, `temperature`, ...)
 so the authors' checkpoints map onto them; the one difference, LayerNorm's weight living directly
-on the module instead of in a `body` child, is mapped in `vlu_plugin.checkpoints`.
+on the module instead of in a `body` child, is mapped in `vlu_plugin.utils.checkpoints`.
 
 Speed without changing values (measured on CPU, `vlu bench --reference-vlunet`): tensors are (B, C, H, W)
 in channels_last memory, so LayerNorm is torch's fused kernel on a (B, H, W, C) view, 1×1 convolutions

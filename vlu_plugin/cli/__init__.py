@@ -3,7 +3,8 @@
 Each module defines `add_parser(subparsers)`, returning the name (or names) it registered, and either
 `run(args)` or, for commands that hand their flags to BasicSR untouched, `run_argv(name, argv)`.
 A `UserError` raised by any of them is printed as `vlu <command>: error: <message>` on stderr, exit status 2
-(set VLU_TRACEBACK=1 for the traceback).
+(set VLU_TRACEBACK=1 for the traceback), as argparse reports a bad flag. A command that ran but could not
+do all of its inputs (unreadable images, unusable data sets) says so and exits 1.
 """
 import argparse
 import importlib
@@ -31,12 +32,15 @@ def main(argv=None):
         names = module.add_parser(sub)
         for name in [names] if isinstance(names, str) else names:
             modules[name] = module
-    from vlu_plugin.errors import UserError
+    from vlu_plugin.utils.errors import UserError
     command = argv[0] if argv else 'vlu'
     try:
         if argv and hasattr(modules.get(argv[0]), 'run_argv'):
             return modules[argv[0]].run_argv(argv[0], argv[1:])
         args = parser.parse_args(argv)
+        # a command's own subcommand (`vlu prepare lmdb`) is part of its name in messages
+        command = ' '.join([args.command] + [str(v) for k, v in sorted(vars(args).items())
+                                             if k.endswith('_command') and v])
         return modules[args.command].run(args)
     except UserError as error:
         # the one place user errors are reported: like argparse's, on stderr with status 2

@@ -5,18 +5,16 @@ ours with the same weights; the table then gives the speed ratio (release time /
 output difference. AirNet is measured the same way against itself with the other deformable-conv
 kernel (on CPU: `AirNet (torchvision dcn)`, torchvision's kernel, as the reference for the plugin's;
 `--no-reference-airnet` skips it). Times are medians of interleaved runs after warm-up (see
-vlu_plugin.benchmark). `--precision bf16|fp16` measures under autocast, `--compile` compiles each network
+vlu_plugin.tools.benchmark). `--precision bf16|fp16` measures under autocast, `--compile` compiles each network
 first (compilation happens in the warm-up runs). On CUDA the defaults are 128x128 and batch 8, the
 shape whose training images/s (batch / fwd+bwd time, the `img/s` column) users compare.
 """
 import contextlib
 import csv
-import os
-import sys
 
 import torch
 
-from vlu_plugin.errors import UserError
+from vlu_plugin.utils.errors import UserError
 
 ARCHS = ('VLUNet', 'PromptIR', 'AirNet', 'AdaIR', 'MoCEIR')
 RELEASE = 'VLUNet (release)'
@@ -65,7 +63,7 @@ def devices(choice):
 
 def measure(nets, inputs, device, settings, backward=True, context=None):
     """Rows of measurements for `nets` (name → network) on the same inputs, their runs interleaved."""
-    from vlu_plugin import benchmark as bm
+    from vlu_plugin.tools import benchmark as bm
     context = context or contextlib.nullcontext
     runs, warmup = settings['runs'], settings['warmup']
     rows = {name: {} for name in nets}
@@ -90,7 +88,7 @@ def measure(nets, inputs, device, settings, backward=True, context=None):
 
 def networks(arch, device, reference, reference_airnet):
     """(name → network, name of our network, name of the reference or None) for one arch on `device`."""
-    from vlu_plugin import benchmark as bm
+    from vlu_plugin.tools import benchmark as bm
     if arch == 'VLUNet' and reference:
         ours, release = bm.paired_vlunets(reference)
         return {arch: ours, RELEASE: release}, arch, RELEASE
@@ -107,8 +105,8 @@ def bench(archs, size, batch, settings, device_choice='auto', reference=None, ba
 
     `size`/`batch` None take the per-device defaults (CUDA: 128 and 8; elsewhere settings['size'] and 1).
     """
-    from vlu_plugin import benchmark as bm
-    from vlu_plugin import precision as amp
+    from vlu_plugin.tools import benchmark as bm
+    from vlu_plugin.utils import precision as amp
     dtype = amp.PRECISIONS[precision]
     rows, flops = [], {}
     for device in devices(device_choice):
@@ -174,17 +172,11 @@ def format_table(rows):
 
 def write_csv(rows, path):
     """Write the rows to `path` through a temporary file and a rename."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f'{path}.tmp{os.getpid()}'
-    try:
-        with open(tmp, 'w', newline='') as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows({k: ('' if r.get(k) is None else r.get(k)) for k in COLUMNS} for r in rows)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from vlu_plugin.utils.atomic import atomic_path
+    with atomic_path(path) as tmp, open(tmp, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: ('' if r.get(k) is None else r.get(k)) for k in COLUMNS} for r in rows)
 
 
 def run(args):

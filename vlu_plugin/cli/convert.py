@@ -9,8 +9,8 @@ Checkpoints that need pickled Python objects are refused unless `--trust` is giv
 """
 import os.path as osp
 
-from vlu_plugin.checkpoints import convert_official, guess_network, key_match, load_checkpoint, save_checkpoint
-from vlu_plugin.errors import UserError
+from vlu_plugin.utils.checkpoints import convert_official, guess_network, key_match, load_checkpoint, save_checkpoint
+from vlu_plugin.utils.errors import UserError
 
 # kind → (convert_official's arch name, what the release calls the file)
 KINDS = {

@@ -20,7 +20,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-from vlu_plugin.errors import UserError
+from vlu_plugin.utils.errors import UserError
 
 OPTIONS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'options', 'demo')
 MODELS = ('vlunet', 'promptir', 'airnet', 'adair', 'moceir')  # option files in OPTIONS_DIR, in the report's order
@@ -75,22 +75,12 @@ def load_options(name):
     """A demo option file with its `!include`s resolved, as plain dicts."""
     import yaml
 
-    import vlu_plugin  # noqa: F401  (the !include-aware loader)
-    from basicsr.utils.options import ordered_yaml
+    from vlu_plugin.utils.options_check import option_loader, plain
     path = osp.join(OPTIONS_DIR, f'{name}.yml')
     if not osp.isfile(path):
         raise FileNotFoundError(f'demo option file missing: {path} (reinstall vlu_plugin)')
     with open(path) as f:
-        return yaml.safe_load(yaml.safe_dump(_plain(yaml.load(f, Loader=ordered_yaml()[0]))))
-
-
-def _plain(value):
-    """Nested mappings and lists as plain dicts and lists (safe_dump rejects OrderedDict)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
+        return yaml.safe_load(yaml.safe_dump(plain(yaml.load(f, Loader=option_loader()))))
 
 
 def scale_schedule(opt, iters, validations=2):
@@ -258,15 +248,15 @@ def run_stages(stages, out, force, jobs, threads):
 
 def write_timings(path, rows):
     """timings.csv: each stage's wall time (empty when it was done already)."""
-    from vlu_plugin.report import atomic_write_text
+    from vlu_plugin.utils.atomic import atomic_write
     lines = [['stage', 'seconds']] + [[title, '' if seconds is None else f'{seconds:.1f}'] for title, seconds in rows]
-    atomic_write_text(path, ''.join(','.join(map(str, line)) + '\n' for line in lines))
+    atomic_write(path, ''.join(','.join(map(str, line)) + '\n' for line in lines))
 
 
 def run(args):
     """Run every stage, then print the table and write the report."""
     from vlu_plugin.data.synthetic_benchmark import build_synthetic_benchmark
-    from vlu_plugin.report import build_report
+    from vlu_plugin.tools.report import build_report
     if args.jobs < 1 or args.threads < 1:
         raise ValueError(f'--jobs and --threads must be at least 1 (got {args.jobs}, {args.threads})')
     start = time.time()

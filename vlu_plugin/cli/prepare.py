@@ -9,7 +9,7 @@ import os
 import os.path as osp
 import sys
 
-from vlu_plugin.errors import UserError
+from vlu_plugin.utils.errors import UserError
 
 LIST_EXAMPLES = 10  # missing partners named in the report per set
 PRESET_NAMES = ('3task', '5task', 'cdd11')  # = tasks.PRESETS (a test keeps them equal); no import at parse time
@@ -63,13 +63,14 @@ def add_parser(subparsers):
 
 
 def run(args):
-    """Run the chosen `prepare` command; user errors print one line and return 2."""
+    """Run the chosen `prepare` command; a bad folder or list is a UserError (`vlu prepare <cmd>: error:`, exit 2)."""
     commands = {'synthetic': run_synthetic, 'lmdb': run_lmdb, 'lists': run_lists, 'check': run_check}
     try:
         return commands[args.prepare_command](args)
+    except UserError:
+        raise
     except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f'vlu prepare {args.prepare_command}: error: {err}', file=sys.stderr)
-        return 2
+        raise UserError(str(err)) from err
 
 
 def run_synthetic(args):
@@ -97,10 +98,8 @@ def run_lmdb(args):
 
 def _write_list(path, lines):
     """Write a list file atomically (a reader never sees half a list)."""
-    tmp = f'{path}.partial-{os.getpid()}'
-    with open(tmp, 'w') as f:
-        f.write(''.join(f'{line}\n' for line in lines))
-    os.replace(tmp, path)
+    from vlu_plugin.utils.atomic import atomic_write
+    atomic_write(path, ''.join(f'{line}\n' for line in lines))
 
 
 def _rel(root, where, path):
@@ -202,7 +201,8 @@ def run_check(args):
         if r.usable == 0:
             unusable.append(r.label)
     if unusable:
-        print(f'vlu prepare check: error: unusable sets: {", ".join(unusable)}', file=sys.stderr)
+        # a finding, not a mistake in the command: exit 1, as `vlu restore` with unreadable images
+        print(f'vlu prepare check: failed: unusable sets: {", ".join(unusable)}', file=sys.stderr)
         return 1
     print('every set is usable' if not any(r.faults for r in reports) else 'every set is usable, with the faults above')
     return 0

@@ -12,7 +12,7 @@ def add_parser(subparsers):
 
 def run(args):
     """Build the report and print its table."""
-    from vlu_plugin.report import build_report
+    from vlu_plugin.tools.report import build_report
     print(build_report(args.folders, args.out, args.title))
     print(f'report written to {args.out}/report.md')
     return 0

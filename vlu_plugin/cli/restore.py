@@ -1,25 +1,24 @@
 """`vlu restore -opt <options or experiment dir> <input> <output>`: restore images with a trained model.
 
-The model is built from the option file through BasicSR (`build_model`), so any registered model
-works; with VLUNetModel the degradation CLIP looks at each whole image once, its top degradations
-are printed and written to `detections.csv`, and its vector conditions every tile. Images larger
-than `--tile` are restored in overlapping tiles blended linearly (vlu_plugin.tiling), which bounds
-memory. Outputs keep the input's file format, bit depth (16-bit stays 16-bit), grey/colour and alpha.
-`--save-stages` writes what each unfolding stage produced (see vlu_plugin.stages); for an image larger
+The restoration is `vlu_plugin.tools.restorer.Restorer` (the Python API): any registered model; with VLUNetModel
+the degradation CLIP looks at each whole image once, its top degradations are printed and written to
+`detections.csv`, and its vector conditions every tile. Images larger than `--tile` are restored in
+overlapping tiles blended linearly, which bounds memory, with a progress bar over the tiles. Outputs keep
+the input's file format, bit depth (16-bit stays 16-bit), grey/colour and alpha.
+`--save-stages` writes what each unfolding stage produced (see vlu_plugin.tools.stages); for an image larger
 than one tile this comes from one extra untiled pass on the image shrunk to fit the tile.
 Unreadable inputs are reported and skipped; the exit status is then 1.
 """
 import csv
-import glob
 import os
 import os.path as osp
-import re
 import sys
 
 import numpy as np
 import torch
 
-from vlu_plugin.errors import UserError
+from vlu_plugin.utils.errors import UserError
+from vlu_plugin.utils.atomic import atomic_write
 
 TOP_K = 3
 
@@ -27,8 +26,8 @@ TOP_K = 3
 def add_parser(subparsers):
     """Register `restore`."""
     p = subparsers.add_parser('restore', help='restore images with a trained model (tiled, with degradation report)')
-    p.add_argument('-opt', required=True, help='a test/train option file, or an experiment folder (its .yml and '
-                                               'latest models/net_g_*.pth are used)')
+    p.add_argument('-opt', required=True, help='a test/train option file, or an experiment folder (its '
+                                               'options_resolved.yml and latest models/net_g_*.pth are used)')
     p.add_argument('input', help='an image file or a folder (searched recursively)')
     p.add_argument('output', help='output folder')
     p.add_argument('--clip', help='degradation CLIP weights (overrides path.pretrain_network_degradation_clip)')
@@ -58,57 +57,6 @@ def _count(flag):
 
     parse.__name__ = flag
     return parse
-
-
-def resolve_options(opt_arg):
-    """(option file, weights found beside it or None) for an option file or an experiment folder."""
-    if not osp.isdir(opt_arg):
-        return opt_arg, None
-    ymls = sorted(glob.glob(osp.join(opt_arg, '*.yml')))
-    if len(ymls) != 1:
-        raise FileNotFoundError(f'{opt_arg}: expected one option file (*.yml) in the experiment folder, found {ymls}')
-    models = glob.glob(osp.join(opt_arg, 'models', 'net_g_*.pth'))
-    latest = [m for m in models if m.endswith('net_g_latest.pth')]
-    numbered = [m for m in models if re.search(r'net_g_(\d+)\.pth$', m)]
-    numbered.sort(key=lambda m: int(re.search(r'net_g_(\d+)\.pth$', m).group(1)))
-    weights = latest[0] if latest else (numbered[-1] if numbered else None)
-    return ymls[0], weights
-
-
-def load_options(args):
-    """BasicSR options for inference from `args`: parsed YAML, is_train False, no dist, weights resolved."""
-    from vlu_plugin.options_check import load_option_file, validate_options
-    path, found_weights = resolve_options(args.opt)
-    opt = validate_options(load_option_file(path), path, 'restore')
-    opt['is_train'], opt['dist'], opt['rank'], opt['world_size'] = False, False, 0, 1
-    gpus = 0 if args.cpu or not torch.cuda.is_available() else torch.cuda.device_count()
-    opt['num_gpu'] = gpus if opt.get('num_gpu', 'auto') == 'auto' else min(int(opt['num_gpu']), gpus)
-    opt.setdefault('path', {})
-    opt.setdefault('val', {})
-    opt['val']['precision'] = getattr(args, 'precision', None) or opt['val'].get('precision')
-    weights = args.weights or opt['path'].get('pretrain_network_g') or found_weights
-    if weights is None:
-        raise ValueError(f'{path}: no network weights: set path.pretrain_network_g, pass --weights, or give an '
-                         'experiment folder with models/net_g_*.pth')
-    weights = osp.expanduser(weights)
-    # .safetensors is loaded here, after the build (BasicSR's loader reads .pth only)
-    opt['path']['pretrain_network_g'] = None if weights.endswith('.safetensors') else weights
-    if args.clip:
-        opt['path']['pretrain_network_degradation_clip'] = osp.expanduser(args.clip)
-    return opt, weights
-
-
-def build(args, loaded=None):
-    """The BasicSR model (eval mode) the options describe (`loaded`: load_options' result), weights loaded."""
-    from basicsr.models import build_model
-
-    from vlu_plugin.checkpoints import load_checkpoint
-    opt, weights = loaded or load_options(args)
-    model = build_model(opt)
-    if weights.endswith('.safetensors'):
-        model.get_bare_model(model.net_g).load_state_dict(load_checkpoint(weights), strict=True)
-    model.net_g.eval()
-    return model, weights
 
 
 def read_input(path):
@@ -150,19 +98,6 @@ def encode_like(rgb, fmt, ext):
     return buf.tobytes()
 
 
-def write_bytes(content, path):
-    """Write `content` to `path` through a temporary file and a rename; a failed write leaves no file behind."""
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    tmp = f'{path}.tmp{os.getpid()}'
-    try:
-        with open(tmp, 'wb') as f:
-            f.write(content)
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
-
-
 def list_inputs(src, output=None):
     """(input path, path relative to the output folder) for a file or every image under a folder.
 
@@ -194,45 +129,11 @@ def list_inputs(src, output=None):
     return inputs
 
 
-def restore_one(model, img, tile, stage_folder=None):
-    """Restore one float RGB image; returns (restored float RGB, class probabilities or None)."""
-    from torch.nn import functional as F
-
-    from vlu_plugin.precision import inference_autocast
-    from vlu_plugin.stages import StageRecorder, save_stages
-    lq = torch.from_numpy(img).permute(2, 0, 1)[None].to(model.device)
-    with torch.no_grad(), inference_autocast(model):
-        probs = model.degradation_probabilities(lq) if hasattr(model, 'degradation_probabilities') else None
-        h, w = lq.shape[-2:]
-        whole = not tile or max(h, w) <= tile['size']
-        if stage_folder and whole:
-            with StageRecorder(model.get_bare_model(model.net_g)) as recorder:
-                out = run_network(model, lq)
-            save_stages(recorder, stage_folder, (h, w))
-        else:
-            out = run_network(model, lq, None if whole else tile)
-            if stage_folder:  # one extra untiled pass on the image shrunk to fit a tile
-                small = F.interpolate(lq, scale_factor=tile['size'] / max(h, w), mode='area')
-                with StageRecorder(model.get_bare_model(model.net_g)) as recorder:
-                    run_network(model, small)
-                save_stages(recorder, stage_folder, tuple(small.shape[-2:]))
-    out = out[0].clamp(0, 1).permute(1, 2, 0).float().cpu().numpy()
-    return out, (None if probs is None else probs[0].float().cpu())
-
-
-def run_network(model, lq, tile=None):
-    """The model's restoration of `lq` (its own conditioning when it has one), tiled when `tile` is given."""
-    if hasattr(model, 'restore'):  # AllInOneModel and its subclasses
-        return model.restore(model.net_g, lq, tile)
-    from vlu_plugin.tiling import tiled_forward
-    return tiled_forward(model.net_g, lq, tile['size'], tile['overlap']) if tile else model.net_g(lq)
-
-
 def peak_memory_note(device):
     """'; peak RSS N MiB' for the process on CPU ('; peak GPU memory N MiB' on CUDA), or '' if unknown."""
     if device.type == 'cuda':
         return f'; peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB'
-    from vlu_plugin.benchmark import current_peak_rss_mb
+    from vlu_plugin.utils.memory import current_peak_rss_mb
     peak = current_peak_rss_mb()
     return '' if peak is None else f'; peak RSS {peak:.0f} MiB'
 
@@ -247,41 +148,42 @@ def describe(probs, prompts):
 
 def run(args):
     """Run `vlu restore`."""
-    from tqdm import tqdm
+    from vlu_plugin.tools.restorer import Restorer, inference_options
     if args.tile and args.tile_overlap >= args.tile:
         raise UserError(f'--tile-overlap {args.tile_overlap} must be smaller than --tile {args.tile}')
     if osp.exists(args.output) and not osp.isdir(args.output):
         raise UserError(f'output {args.output}: exists and is not a folder')
     try:
-        loaded = load_options(args)
+        device = 'cpu' if args.cpu else None
+        opt, weights = inference_options(args.opt, args.weights, args.clip, device == 'cpu',
+                                         getattr(args, 'precision', None))
         # the inputs before the model: a wrong folder is reported at once
         inputs = list_inputs(args.input, args.output)
-        model, weights = build(args, loaded)
+        restorer = Restorer(opt, weights=weights, tile=args.tile, tile_overlap=args.tile_overlap, device=device)
     except UserError:
         raise
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as error:
         raise UserError(error.args[0] if isinstance(error, KeyError) and error.args else str(error)) from error
-    if args.save_stages and not hasattr(model.get_bare_model(model.net_g), 'stages'):
+    if args.save_stages and not hasattr(restorer.network, 'stages'):
         raise UserError('--save-stages needs a network with unfolding stages (VLUNet)')
-    clip = getattr(model, 'net_clip', None)
-    prompts = list(clip.prompts) if clip is not None else []
-    tile = {'size': args.tile, 'overlap': args.tile_overlap} if args.tile else None
-    print(f'{type(model.get_bare_model(model.net_g)).__name__} from {weights} on {model.device}; '
-          f'{len(inputs)} image(s) → {args.output}' + (f'; tiles {args.tile}/{args.tile_overlap}' if tile else ''))
+    print(f'{type(restorer.network).__name__} from {restorer.weights} on {restorer.device}; '
+          f'{len(inputs)} image(s) → {args.output}'
+          + (f'; tiles {args.tile}/{args.tile_overlap}' if args.tile else ''))
     if any(osp.abspath(osp.join(args.output, rel)) == osp.abspath(path) for path, rel in inputs):
         raise UserError(f'{args.output} would overwrite the inputs; choose another output folder')
     rows, skipped = [], []
+    prompts = restorer.prompts
     try:
-        restore_all(model, inputs, args, tile, prompts, rows, skipped)
+        restore_all(restorer, inputs, args, rows, skipped)
     finally:  # also after a failed write: what was restored stays recorded
         if rows:
             try:
-                write_bytes(_csv_text([['image', 'top', *prompts], *rows]), osp.join(args.output, 'detections.csv'))
+                atomic_write(osp.join(args.output, 'detections.csv'), _csv_text([['image', 'top', *prompts], *rows]))
             except OSError as error:
                 print(f'vlu restore: warning: cannot write detections.csv: {error.strerror or error}',
                       file=sys.stderr)
     print(f'restored {len(inputs) - len(skipped)} image(s)'
-          + (f', skipped {len(skipped)} unreadable: {skipped}' if skipped else '') + peak_memory_note(model.device))
+          + (f', skipped {len(skipped)} unreadable: {skipped}' if skipped else '') + peak_memory_note(restorer.device))
     return 1 if skipped else 0
 
 
@@ -293,9 +195,10 @@ def _csv_text(rows):
     return text.getvalue().encode()
 
 
-def restore_all(model, inputs, args, tile, prompts, rows, skipped):
+def restore_all(restorer, inputs, args, rows, skipped):
     """Restore each input into args.output, appending detections to `rows` and unreadable inputs to `skipped`."""
     from tqdm import tqdm
+    prompts = restorer.prompts
     for path, rel in tqdm(inputs, unit='img', dynamic_ncols=True):
         try:
             img, fmt = read_input(path)
@@ -304,7 +207,8 @@ def restore_all(model, inputs, args, tile, prompts, rows, skipped):
             tqdm.write(f'skipped {path}: {error}')
             continue
         stage_folder = osp.join(args.output, 'stages', osp.splitext(rel)[0]) if args.save_stages else None
-        out, probs = restore_one(model, img, tile, stage_folder)
+        with TileBar(rel) as bar:
+            out, probs = restorer.restore_with_detection(img, bar.update_to, stage_folder)
         target = osp.join(args.output, rel)
         try:
             content = encode_like(out, fmt, osp.splitext(rel)[1].lower())
@@ -313,7 +217,7 @@ def restore_all(model, inputs, args, tile, prompts, rows, skipped):
             content = encode_like(out, fmt, '.png')
             tqdm.write(f'{rel}: {error}; written as {target}')
         try:
-            write_bytes(content, target)
+            atomic_write(target, content)
         except OSError as error:  # a full disk, a read-only folder: stop, naming the image
             raise UserError(f'cannot write {target} (restoring {path}): {error.strerror or error}; '
                             f'{len(rows) or "no"} earlier image(s) are restored'
@@ -321,3 +225,25 @@ def restore_all(model, inputs, args, tile, prompts, rows, skipped):
         tqdm.write(f'{rel}: {describe(probs, prompts)}')
         if probs is not None:
             rows.append([rel, prompts[int(probs.argmax())], *(f'{p:.4f}' for p in probs.tolist())])
+
+
+class TileBar:
+    """A second progress bar, over the tiles of one image; it appears with the first tile (small images have none)."""
+
+    def __init__(self, name):
+        self.name, self.bar = name, None
+
+    def update_to(self, done, total):
+        """The `progress(done, total)` callback of `Restorer.restore`."""
+        from tqdm import tqdm
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=f'  {self.name}', unit='tile', position=1, leave=False,
+                            dynamic_ncols=True)
+        self.bar.update(done - self.bar.n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()

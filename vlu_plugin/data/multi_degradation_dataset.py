@@ -12,6 +12,7 @@ validation returns whole images. A synthesised training sample is a random crop 
 by a factor drawn from `scale_range`, optionally colour-jittered), degraded with parameters drawn afresh, so no
 patch repeats. Options are listed in `tasks.DATASET_KEYS` / `tasks.TASK_KEYS`.
 """
+import atexit
 import os
 import os.path as osp
 import random
@@ -35,43 +36,60 @@ QUANTIZE_MODES = ('truncate', 'round', 'none')
 JITTER_DEFAULTS = {'contrast': (0.7, 1.3), 'brightness': (0.7, 1.3)}  # factors of `color_jitter: true`
 CLEAN_CACHE_BYTES = 256 << 20  # decoded clean images kept per process for on-the-fly synthesis
 DISK = FileClient('disk')
-_LMDB_CLIENTS = {}  # (pid, folder) -> FileClient: py-lmdb refuses a second open of one environment per process,
+_LMDB_READERS = {}  # (pid, folder) -> LmdbReader: py-lmdb refuses a second open of one environment per process,
 # and a handle must not cross a fork, so datasets of one process share them and each worker opens its own
 
 
-def _open_lmdb(folder):
-    """A read-only BasicSR FileClient of `folder`, refused (and closed) when its data file is cut short."""
-    import lmdb
-    try:
-        client = FileClient('lmdb', db_paths=[folder], client_keys=['default'], readonly=True, lock=False,
-                            readahead=False)
-    except lmdb.Error as err:
-        raise ValueError(f'LMDB {folder}: cannot open its data.mdb ({err}); rebuild it (vlu prepare lmdb)') from None
-    env = client.client._client['default']
-    # A data.mdb shorter than its own page count (an interrupted copy) is memory-mapped past its end, and the
-    # first read there kills the process with SIGBUS instead of raising: compare the sizes before any read.
-    needed = (env.info()['last_pgno'] + 1) * env.stat()['psize']
-    size = osp.getsize(osp.join(folder, 'data.mdb'))
-    if size < needed:
-        env.close()
-        raise ValueError(f'LMDB {folder}: data.mdb is truncated ({size} bytes, its pages need {needed}); '
-                         'copy it again or rebuild it (vlu prepare lmdb)')
-    return client
+class LmdbReader:
+    """A read-only BasicSR LMDB (keys → encoded images), refused (and closed) when its data file is cut short."""
+
+    def __init__(self, folder):
+        import lmdb
+        try:
+            self.env = lmdb.open(folder, readonly=True, lock=False, readahead=False)
+        except lmdb.Error as err:
+            raise ValueError(f'LMDB {folder}: cannot open its data.mdb ({err}); rebuild it (vlu prepare lmdb)') \
+                from None
+        # A data.mdb shorter than its own page count (an interrupted copy) is memory-mapped past its end, and the
+        # first read there kills the process with SIGBUS instead of raising: compare the sizes before any read.
+        needed = (self.env.info()['last_pgno'] + 1) * self.env.stat()['psize']
+        size = osp.getsize(osp.join(folder, 'data.mdb'))
+        if size < needed:
+            self.env.close()
+            raise ValueError(f'LMDB {folder}: data.mdb is truncated ({size} bytes, its pages need {needed}); '
+                             'copy it again or rebuild it (vlu prepare lmdb)')
+
+    def get(self, key):
+        """The bytes stored under `key` (None when absent), read as BasicSR's LmdbBackend does."""
+        with self.env.begin(write=False) as txn:
+            return txn.get(key.encode('ascii'))
+
+    def close(self):
+        """Close the environment."""
+        self.env.close()
+
+
+def close_lmdb_readers():
+    """Close this process's LMDB readers (at exit; a later read opens them again)."""
+    for key in [k for k in _LMDB_READERS if k[0] == os.getpid()]:
+        _LMDB_READERS.pop(key).close()
 
 
 def check_lmdb(folder):
     """Raise naming `folder` if its data.mdb cannot be opened or is cut short; leaves nothing open."""
-    if (os.getpid(), osp.abspath(folder)) not in _LMDB_CLIENTS:  # already open here: already checked
+    if (os.getpid(), osp.abspath(folder)) not in _LMDB_READERS:  # already open here: already checked
         # closed again: a handle opened before DataLoader workers fork would stop them opening their own
-        _open_lmdb(folder).client._client['default'].close()
+        LmdbReader(folder).close()
 
 
-def lmdb_client(folder):
-    """The process's read-only BasicSR FileClient of the LMDB `folder`, opened (and checked) on first use."""
+def lmdb_reader(folder):
+    """The process's reader of the LMDB `folder`, opened (and checked) on first use."""
     key = (os.getpid(), osp.abspath(folder))
-    if key not in _LMDB_CLIENTS:
-        _LMDB_CLIENTS[key] = _open_lmdb(folder)
-    return _LMDB_CLIENTS[key]
+    if key not in _LMDB_READERS:
+        if not _LMDB_READERS:
+            atexit.register(close_lmdb_readers)
+        _LMDB_READERS[key] = LmdbReader(folder)
+    return _LMDB_READERS[key]
 
 
 @dataclass
@@ -245,7 +263,7 @@ class MultiDegradationDataset(data.Dataset):
     def set_epoch(self, epoch):
         """Key each training sample's randomness on (seed, epoch, index) from now on.
 
-        BasicSR's sampler calls this (see `vlu_plugin.exact_resume`); the crops, flips and noise of a
+        BasicSR's sampler calls this (see `vlu_plugin.utils.exact_resume`); the crops, flips and noise of a
         sample then depend neither on the worker that loads it nor on what was loaded before, so a
         resumed run sees exactly the batches an uninterrupted one would, with any number of workers.
         """
@@ -258,7 +276,7 @@ class MultiDegradationDataset(data.Dataset):
     def _read(self, td, ref, role):
         """Decode one image of task `td` as float32 RGB; errors name the file."""
         if td.backend == 'lmdb':
-            content = lmdb_client(td.lmdb[role]).get(ref, 'default')
+            content = lmdb_reader(td.lmdb[role]).get(ref)
             if content is None:
                 raise FileNotFoundError(f'LMDB {td.lmdb[role]} has no key {ref!r}, though its meta_info.txt lists '
                                         'it; the LMDB is damaged: rebuild it (vlu prepare lmdb)')

@@ -17,10 +17,9 @@ import shutil
 
 import cv2
 import numpy as np
-from basicsr.utils.lmdb_util import LmdbMaker
 from tqdm import tqdm
 
-from vlu_plugin.data.image_io import encode_png
+from vlu_plugin.data.image_io import encode_png, write_lmdb
 from vlu_plugin.data.synthesis import add_gaussian_noise, random_degradation
 from vlu_plugin.data.tasks import TASKS
 
@@ -65,15 +64,6 @@ def _write(root, rel, png):
         f.write(png)
 
 
-def _write_lmdb(path, items):
-    """Write (key, png bytes, (h, w, c)) items with BasicSR's LmdbMaker and an explicit map size."""
-    map_size = sum((len(png) // 4096 + 2) * 4096 for _, png, _ in items) * 2 + (1 << 20)
-    maker = LmdbMaker(path, map_size=map_size)
-    for key, png, shape in items:
-        maker.put(png, key, shape)
-    maker.close()
-
-
 def _degrade(task, clean, rng):
     """A test image of `task` from `clean` and its parameters."""
     if task.sigma is not None:
@@ -84,13 +74,12 @@ def _degrade(task, clean, rng):
 def _build(root, config, progress):
     """Write the whole benchmark into the empty folder `root`; returns the info dict."""
     size, seed = config['size'], config['seed']
-    lists, params, lmdb_items = {'clean_train': []}, {}, []
+    lists, params = {'clean_train': []}, {}
     for name in TRAIN_IMAGES:
         clean = np.round(load_image(name) * 255).astype(np.uint8)
         png, rel = encode_png(clean), f'train/clean/{name}.png'
         _write(root, rel, png)
         lists['clean_train'].append(f'./{rel}')
-        lmdb_items.append((name, png, clean.shape))
     crops = []
     for index, name in enumerate(TEST_IMAGES):
         rng = np.random.default_rng([seed, 1, index])
@@ -109,8 +98,9 @@ def _build(root, config, progress):
     for list_name, lines in lists.items():
         with open(osp.join(root, 'meta_info', f'{list_name}.txt'), 'w') as f:
             f.write('\n'.join(lines) + '\n')
-    os.makedirs(osp.join(root, 'lmdb'))
-    _write_lmdb(osp.join(root, 'lmdb', 'clean_train_gt.lmdb'), lmdb_items)
+    # the package's one LMDB writer, from the PNGs just written (keys: the image names)
+    write_lmdb(osp.join(root, 'train', 'clean'), [f'{name}.png' for name in TRAIN_IMAGES], list(TRAIN_IMAGES),
+               osp.join(root, 'lmdb', 'clean_train_gt.lmdb'))
     info = {'config': config, 'train_images': TRAIN_IMAGES, 'test_images': TEST_IMAGES,
             'counts': {k: len(v) for k, v in sorted(lists.items())}, 'params': params}
     with open(osp.join(root, 'benchmark.json'), 'w') as f:

@@ -11,10 +11,11 @@ two spaces, since their labels would collide.
 
 The naming rules of the public data sets are data (`LAYOUTS`), applied by one scanner in `pairs.py`.
 """
-import difflib
 import os.path as osp
 from dataclasses import dataclass
 from typing import Optional, Tuple
+
+from vlu_plugin.utils.hints import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ TASKS = (
 )
 TASKS_BY_NAME = {task.name: task for task in TASKS}
 ALIASES = {'delowlight': 'lowlight'}  # the release's spelling
-PROMPTS = [task.text for task in sorted(TASKS, key=lambda t: t.label)]
+PROMPTS = [task.text for task in sorted(TASKS, key=lambda t: t.label)]  # the release's 7: the one source
 
 # CDD-11: OneRestore's subsets in its own order (`combine_type` without 'clear'), which is also the order
 # of the per-subset numbers it publishes.
@@ -204,9 +205,8 @@ def check_keys(given, allowed, where):
     """Raise naming the first unknown key of `given`, a close match and the allowed keys."""
     for key in given:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), list(allowed), n=1)
-            hint = f' (did you mean {close[0]!r}?)' if close else ''
-            raise ValueError(f'unknown option {key!r} in {where}{hint}; allowed keys: {", ".join(sorted(allowed))}')
+            raise ValueError(f'unknown option {key!r} in {where}{did_you_mean(key, allowed)}; '
+                             f'allowed keys: {", ".join(sorted(allowed))}')
 
 
 def get_task(name):

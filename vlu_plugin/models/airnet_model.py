@@ -4,6 +4,8 @@
    from two views (`lq`, `lq_key`: two crops of the same degraded image) with InfoNCE; the restorer
    gets no gradient.
 2. Then restoration: `pixel_opt` (L1) on the query view plus `contrastive_opt` (InfoNCE, weight 0.1).
+The optimizer is SRModel's: it leaves out the momentum key encoder (no gradient; MoCo updates it) and logs
+each of its parameters as "will not be optimized", which is what happens to them.
 The dataset supplies `lq_key` when its options set `key_view: true`. At test time only the query
 path runs, with the encoder's BatchNorm in eval mode, as in the release.
 """
@@ -27,14 +29,6 @@ class AirNetModel(AllInOneModel):
         self.cri_contrast = build_loss(contrastive_opt).to(self.device) if contrastive_opt else None
         self.cri_warmup = InfoNCELoss(loss_weight=1.0)  # the release's warm-up is plain cross-entropy
         super().init_training_settings()
-
-    def setup_optimizers(self):
-        """One optimizer over the trainable parameters; the momentum key encoder is updated by MoCo, not here."""
-        train_opt = self.opt['train']
-        params = [p for p in self.net_g.parameters() if p.requires_grad]
-        optim_type = train_opt['optim_g'].pop('type')
-        self.optimizer_g = self.get_optimizer(optim_type, params, **train_opt['optim_g'])
-        self.optimizers.append(self.optimizer_g)
 
     def feed_data(self, data):
         super().feed_data(data)

@@ -8,13 +8,9 @@
   `degradation_predictions.csv` next to the log;
 - `val.crop_to_multiple: 16` reproduces the papers' protocol of centre-cropping lq and gt;
   `val.tile: {size, overlap}` bounds memory on large images;
-- `train.amp`, `val.precision` and `train.compile` / `network_g.compile` (see vlu_plugin.precision).
+- `train.amp`, `val.precision` and `train.compile` / `network_g.compile` (see vlu_plugin.utils.precision).
 PromptIR trains with this model as it is (plain L1).
 """
-import csv
-import json
-import math
-import os
 import os.path as osp
 from collections import OrderedDict
 
@@ -24,8 +20,10 @@ from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY
 
-from vlu_plugin.precision import MixedPrecisionMixin, pop_compile_option
-from vlu_plugin.tiling import tiled_forward
+from vlu_plugin.models.base import PluginModelMixin, check_network_options
+from vlu_plugin.utils.precision import MixedPrecisionMixin, pop_compile_option
+from vlu_plugin.utils.tiling import tiled_forward
+from vlu_plugin.utils import records
 
 
 def center_crop_to_multiple(img, base):
@@ -35,25 +33,15 @@ def center_crop_to_multiple(img, base):
     return img[..., dh // 2:h - dh + dh // 2, dw // 2:w - dw + dw // 2]
 
 
-def append_csv(path, header, rows):
-    """Append rows to a CSV file, writing the header when the file is new."""
-    new = not osp.exists(path)
-    os.makedirs(osp.dirname(path), exist_ok=True)
-    with open(path, 'a', newline='') as f:
-        writer = csv.writer(f)
-        if new:
-            writer.writerow(header)
-        writer.writerows(rows)
-
-
 @MODEL_REGISTRY.register()
-class AllInOneModel(MixedPrecisionMixin, SRModel):
+class AllInOneModel(MixedPrecisionMixin, PluginModelMixin, SRModel):
     """SRModel plus conditioned restoration, per-degradation validation, paper metrics and tiling."""
 
-    ACCURACY_METRIC = 'degradation_acc'
+    ACCURACY_METRIC = records.ACCURACY_METRIC
 
     def __init__(self, opt):
         self.compile_networks = pop_compile_option(opt, 'network_g')  # before SRModel builds network_g
+        check_network_options(opt['network_g'])  # SRModel's build_network would say only TypeError
         super().__init__(opt)
 
     def init_training_settings(self):
@@ -66,13 +54,15 @@ class AllInOneModel(MixedPrecisionMixin, SRModel):
         """Extra network inputs after the image (none here; VLU-Net adds its degradation vector)."""
         return ()
 
-    def restore(self, net, lq, tile=None):
-        """Run `net` on `lq` with this model's conditioning, in tiles when `tile` = {size, overlap} is given."""
+    def restore(self, net, lq, tile=None, progress=None):
+        """Run `net` on `lq` with this model's conditioning, in tiles when `tile` = {size, overlap} is given
+        (`progress(done, total)` after each tile)."""
         extra = self.condition(lq)
         if not tile:
             return net(lq, *extra)
         # tiles blend in float32 even under autocast (val.precision)
-        return tiled_forward(lambda patch: net(patch, *extra).float(), lq, tile['size'], tile.get('overlap', 32))
+        return tiled_forward(lambda patch: net(patch, *extra).float(), lq, tile['size'], tile.get('overlap', 32),
+                             progress)
 
     def degradation_probabilities(self, lq):
         """Per-degradation probabilities (B, n) from the model's classifier, or None if it has none."""
@@ -147,17 +137,14 @@ class AllInOneModel(MixedPrecisionMixin, SRModel):
         """A few words that set this run apart from others of the same network in reports, or None."""
         return None
 
-    def _write_run_info(self, records):
+    def _write_run_info(self, folder):
         """run.json: what produced the records (reports label runs with it)."""
-        path = osp.join(records, 'run.json')
-        if not osp.exists(path):
-            info = {'name': self.opt['name'], 'model_type': self.opt['model_type'],
-                    'network': self.opt.get('network_g', {}).get('type'), 'variant': self.variant()}
-            os.makedirs(records, exist_ok=True)
-            with open(path, 'w') as f:
-                json.dump(info, f)
+        records.write_run_info(folder, {'name': self.opt['name'], 'model_type': self.opt['model_type'],
+                                        'network': self.opt.get('network_g', {}).get('type'),
+                                        'variant': self.variant()})
 
     def _records_dir(self):
+        """Where this run's records go: experiments/<name> when training, results/<name> when testing."""
         return self.opt['path']['experiments_root' if self.opt['is_train'] else 'results_root']
 
     def _save_image(self, img, dataset_name, img_name, current_iter, tag=None):
@@ -226,12 +213,8 @@ class AllInOneModel(MixedPrecisionMixin, SRModel):
         for name, value in self.metric_results.items():
             self._update_best_metric_result(dataset_name, name, value, current_iter)
         self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
-        records = self._records_dir()
-        self._write_run_info(records)
-        append_csv(osp.join(records, 'metrics.csv'), ('iter', 'dataset', 'metric', 'value'),
-                   [(current_iter, dataset_name, k, f'{v:.6f}') for k, v in self.metric_results.items()
-                    if not math.isnan(v)])
-        if predictions:
-            append_csv(osp.join(records, 'degradation_predictions.csv'),
-                       ('iter', 'dataset', 'image', 'label', 'predicted'), predictions)
-        get_root_logger().debug(f'validation records written to {records}')
+        folder = self._records_dir()
+        self._write_run_info(folder)
+        records.append_metrics(folder, current_iter, dataset_name, self.metric_results)
+        records.append_predictions(folder, predictions)
+        get_root_logger().debug(f'validation records written to {folder}')

@@ -17,18 +17,18 @@ from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
-from basicsr.archs import build_network
 from basicsr.models.base_model import BaseModel
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from vlu_plugin.archs.degradation_clip_arch import ADAPTER_PREFIXES
-from vlu_plugin.checkpoints import convert_official, load_checkpoint
-from vlu_plugin.models.all_in_one_model import append_csv
-from vlu_plugin.precision import MixedPrecisionMixin, pop_compile_option
+from vlu_plugin.utils.checkpoints import convert_official, load_checkpoint
+from vlu_plugin.models.base import PluginModelMixin, build_network
+from vlu_plugin.utils.precision import MixedPrecisionMixin, pop_compile_option
+from vlu_plugin.utils import records
+from vlu_plugin.utils.records import ACCURACY_METRIC
 
-ACCURACY_METRIC = 'degradation_acc'
 OVERALL = 'overall'
 
 
@@ -65,7 +65,7 @@ class _LearnableState:
 
 
 @MODEL_REGISTRY.register()
-class DegradationCLIPModel(MixedPrecisionMixin, BaseModel):
+class DegradationCLIPModel(MixedPrecisionMixin, PluginModelMixin, BaseModel):
     """Trains a DegradationCLIP's adapters with cross-entropy against degradation labels; reports accuracy."""
 
     # BasicSR's logger + tensorboard lines for validation metrics; they only read metric_results
@@ -173,10 +173,10 @@ class DegradationCLIPModel(MixedPrecisionMixin, BaseModel):
         for name, value in self.metric_results.items():
             self._update_best_metric_result(dataset_name, name, value, current_iter)
         self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
-        append_csv(osp.join(self._records_dir(), 'metrics.csv'), ('iter', 'dataset', 'metric', 'value'),
-                   [(current_iter, dataset_name, k, f'{v:.6f}') for k, v in self.metric_results.items()])
+        records.append_metrics(self._records_dir(), current_iter, dataset_name, self.metric_results)
 
     def _records_dir(self):
+        """Where this run's records go: experiments/<name> when training, results/<name> when testing."""
         return self.opt['path']['experiments_root' if self.opt['is_train'] else 'results_root']
 
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
@@ -200,8 +200,7 @@ class DegradationCLIPModel(MixedPrecisionMixin, BaseModel):
             raise ValueError(f'validation set {dataset_name!r} is empty')
 
         self._report(dataset_name, current_iter, tb_logger, correct, total, loss_sum)
-        append_csv(osp.join(self._records_dir(), 'degradation_predictions.csv'),
-                   ('iter', 'dataset', 'image', 'label', 'predicted'), predictions)
+        records.append_predictions(self._records_dir(), predictions)
 
         # pool the sets of this round; report the pooled numbers after the round's last set
         if self._overall is None or self._overall['iter'] != current_iter:

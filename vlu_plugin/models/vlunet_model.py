@@ -20,11 +20,11 @@ path key does contain `pretrain_network`: BasicSR creates a directory for every 
 clip.pth); with no `network_degradation_clip` block, resume leaves this key alone, and `~` expands.
 """
 import torch
-from basicsr.archs import build_network
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from vlu_plugin.models.all_in_one_model import AllInOneModel
+from vlu_plugin.models.base import build_network
 from vlu_plugin.models.degradation_clip_model import load_degradation_clip
 
 

@@ -1,13 +1,12 @@
 """Side-by-side reports of this plugin's BasicSR experiment and result folders.
 
 Each folder is an experiment (`experiments/<name>`, with a training log) or a result (`results/<name>`);
-both hold the option file BasicSR copied there and the `metrics.csv` / `degradation_predictions.csv`
-that the plugin's models write during validation. The report is a per-set PSNR/SSIM table (average
+both hold the run's `options_resolved.yml` (older runs: the option file BasicSR copied there) and the
+validation records the plugin's models write (`utils/records.py`: metrics.csv, degradation_predictions.csv). The report is a per-set PSNR/SSIM table (average
 last, best per column marked), `results.csv`, `comparison.png`, `curves.png` and `clip_confusion.png`.
 """
 import csv
 import glob
-import json
 import math
 import os
 import os.path as osp
@@ -16,65 +15,28 @@ from collections import OrderedDict, defaultdict
 
 import numpy as np
 
-from vlu_plugin.errors import UserError
-from vlu_plugin.published import is_published_label
-
-
-def atomic_write_text(path, text):
-    """Write `text` to `path` through a temporary file, so a reader never sees half a file."""
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
+from vlu_plugin.tools.published import is_published_label
+from vlu_plugin.tools import figures
+from vlu_plugin.utils import records
+from vlu_plugin.utils.atomic import atomic_path, atomic_write
+from vlu_plugin.utils.errors import UserError
+from vlu_plugin.utils.records import iteration
 
 
 def _options(folder):
-    """The option file BasicSR copied into `folder` (the newest .yml), as a dict; {} when there is none or it
-    cannot be read (its `!include`s are relative to where it came from): the label then falls back."""
-    from vlu_plugin.options_check import load_option_file
-    ymls = sorted(glob.glob(osp.join(folder, '*.yml')), key=osp.getmtime)
-    if not ymls:
+    """The options of the run in `folder` (its `options_resolved.yml`, else the option file BasicSR copied there),
+    as a dict; {} when there is none or it cannot be read: the label then falls back."""
+    from vlu_plugin.utils.options_check import load_option_file, run_option_file
+    try:
+        path = run_option_file(folder)
+    except UserError:  # several verbatim copies and no resolved one: the newest
+        path = sorted(glob.glob(osp.join(folder, '*.yml')), key=osp.getmtime)[-1]
+    if path is None:
         return {}
     try:
-        return load_option_file(ymls[-1])
+        return load_option_file(path)
     except (UserError, OSError, KeyError):
         return {}
-
-
-def iteration(value):
-    """A record's iteration: its number during training, +inf for a test run (BasicSR passes the run's name)."""
-    return int(value) if str(value).lstrip('-').isdigit() else math.inf
-
-
-def _read_csv(path, columns=()):
-    """The rows of the CSV at `path` ([] when absent); UserError, naming the file, for a binary or malformed one."""
-    if not osp.isfile(path):
-        return []
-    try:
-        with open(path, newline='', encoding='utf-8') as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise UserError(f'{path}: not a readable CSV file ({type(error).__name__})') from None
-    missing = [c for c in columns if c not in (reader.fieldnames or [])]
-    if missing:
-        raise UserError(f'{path}: expected the columns {",".join(columns)}, the header is '
-                        f'{",".join(reader.fieldnames or []) or "empty"}')
-    return rows
-
-
-def _read_json(path):
-    """The mapping in the JSON file at `path` ({} when absent); UserError, naming the file, when corrupt."""
-    if not osp.isfile(path):
-        return {}
-    try:
-        with open(path, encoding='utf-8') as f:
-            info = json.load(f)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise UserError(f'{path}: not valid JSON ({error})') from None
-    if not isinstance(info, dict):
-        raise UserError(f'{path}: expected a JSON object, got {type(info).__name__}')
-    return info
 
 
 class Run:
@@ -84,7 +46,7 @@ class Run:
         self.folder = folder
         if not osp.isdir(folder):
             raise UserError(f'{folder}: no such folder' if not osp.exists(folder) else f'{folder}: not a folder')
-        info = _read_json(osp.join(folder, 'run.json'))
+        info = records.read_run_info(folder)
         opt = _options(folder)
         self.options = opt  # what the published numbers are matched on (benchmark, metric protocol)
         self.network = (info.get('network') or (opt.get('network_g') or {}).get('type')
@@ -93,8 +55,8 @@ class Run:
             self.network = f'{self.network} ({info["variant"]})'
         self.name = str(opt.get('name') or osp.basename(osp.normpath(folder)))
         self.label = self.network
-        metrics_path = osp.join(folder, 'metrics.csv')
-        rows = _read_csv(metrics_path, ('iter', 'dataset', 'metric', 'value'))
+        metrics_path = osp.join(folder, records.METRICS)
+        rows = records.read_metrics(folder)
         self.is_experiment = bool(glob.glob(osp.join(folder, 'train_*.log')))
         if not rows and not self.is_experiment:  # an experiment without validation still has its curves
             raise UserError(f'{folder}: no metrics in metrics.csv' if osp.isfile(metrics_path) else
@@ -110,7 +72,7 @@ class Run:
         self.final = {}
         for it in sorted(self.history):  # later validations overwrite earlier ones
             self.final.update(self.history[it])
-        self.predictions = _read_csv(osp.join(folder, 'degradation_predictions.csv'))
+        self.predictions = records.read_csv(osp.join(folder, records.PREDICTIONS))
 
     def metric(self, dataset, name):
         """The final value of `name` on `dataset` (nan when absent)."""
@@ -261,14 +223,12 @@ PER_SET_FROM = 7  # sets from which report.md adds the transposed table
 
 def write_results_csv(path, datasets, rows):
     """One row per model and set (and the average): PSNR and SSIM."""
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w', newline='') as f:
+    with atomic_path(path) as tmp, open(tmp, 'w', newline='') as f:
         writer = csv.writer(f)
         writer.writerow(['model', 'dataset', 'psnr', 'ssim'])
         for label, cells, average in rows:
             for name, (psnr, ssim) in zip(datasets + ['average'], cells + [average]):
                 writer.writerow([label, name, f'{psnr:.4f}', f'{ssim:.4f}'])
-    os.replace(tmp, path)
 
 
 def clip_accuracy(predictions, space='allinone'):
@@ -281,7 +241,7 @@ def clip_accuracy(predictions, space='allinone'):
     pairs = [(int(p['label']), int(p['predicted'])) for p in predictions if iteration(p['iter']) == last]
     exact = float(np.mean([label == predicted for label, predicted in pairs]))
     if space == 'cdd11':
-        from vlu_plugin.multilabel import atomic_accuracy
+        from vlu_plugin.tools.multilabel import atomic_accuracy
         by_type = float(np.mean(list(atomic_accuracy(pairs).values())))
     else:
         by_type = float(np.mean([kind.get(label, label) == kind.get(predicted, predicted)
@@ -296,7 +256,7 @@ def clip_lines(predictions, space='allinone'):
     from vlu_plugin.data.tasks import TASKS
     _, exact, by_type, per_class, pairs = clip_accuracy(predictions, space)
     if space == 'cdd11':
-        from vlu_plugin.multilabel import clip_lines as composite_lines
+        from vlu_plugin.tools.multilabel import clip_lines as composite_lines
         return composite_lines(exact, per_class, pairs)
     names = {task.label: task.name for task in TASKS}
     classes = ', '.join(f'{names.get(label, label)} {value:.2f}' for label, value in per_class.items())
@@ -310,10 +270,9 @@ def build_report(folders, out_dir, title='All-in-one restoration', clip_folder=N
     The CLIP paragraph and confusion matrix come from `clip_folder` (a DegradationCLIPModel experiment)
     when given, else from the first run that recorded degradation predictions.
     """
-    from vlu_plugin import figures
     from vlu_plugin.data.tasks import LABEL_SPACES, label_space_of
     from vlu_plugin.metrics.protocols import protocol_of_options
-    from vlu_plugin.published import protocol_line, published_rows
+    from vlu_plugin.tools.published import protocol_line, published_rows
     runs, experiments = merge_runs(folders)  # every folder is read before anything is written
     if osp.exists(out_dir) and not osp.isdir(out_dir):
         raise UserError(f'--out {out_dir}: exists and is not a folder')
@@ -342,6 +301,6 @@ def build_report(folders, out_dir, title='All-in-one restoration', clip_folder=N
         lines += clip_lines(predictions, space)
     lines += list(notes)
     lines += [f'![{name}]({name})' for name, ok in made.items() if ok]
-    atomic_write_text(osp.join(out_dir, 'report.md'), '\n'.join(lines) + '\n')
+    atomic_write(osp.join(out_dir, 'report.md'), '\n'.join(lines) + '\n')
     # the printed table carries the published rows' sources too
     return '\n'.join([format_table(datasets, rows, markdown=False)] + [n for n in published_notes if n])

@@ -10,7 +10,6 @@ import contextlib
 import copy
 import importlib.util
 import os
-import re
 import statistics
 import sys
 import time
@@ -18,20 +17,12 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
+from vlu_plugin.utils.memory import status_kb
+
 RELEASE_MODULE = 'vlunet_release_final'
 
 
 # ---- memory ----------------------------------------------------------------------------------------
-def _status_kb(field):
-    """A `kB` field of /proc/self/status (VmRSS, VmHWM), or None where there is no such file."""
-    try:
-        with open('/proc/self/status') as f:
-            match = re.search(rf'^{field}:\s+(\d+) kB', f.read(), re.MULTILINE)
-    except OSError:
-        return None
-    return int(match.group(1)) if match else None
-
-
 def _release_free_memory():
     """Hand freed heap memory back to the OS, so that a step's peak is not hidden by reused freed pages."""
     try:
@@ -63,16 +54,10 @@ def peak_memory_mb(fn, device):
         return (torch.cuda.max_memory_allocated(device) - before) / 2**20
     if not _reset_peak_rss():
         return None
-    before = _status_kb('VmRSS')
+    before = status_kb('VmRSS')
     fn()
-    peak = _status_kb('VmHWM')
+    peak = status_kb('VmHWM')
     return None if before is None or peak is None else max(0, peak - before) / 1024
-
-
-def current_peak_rss_mb():
-    """The process's peak RSS so far, in MiB (VmHWM), or None off Linux."""
-    kb = _status_kb('VmHWM')
-    return None if kb is None else kb / 1024
 
 
 # ---- FLOPs -----------------------------------------------------------------------------------------
@@ -174,7 +159,7 @@ def load_release_vlunet(repo_dir):
 
 def paired_vlunets(repo_dir, seed=0):
     """(ours, release) full-size VLU-Nets holding the same weights: the release's random init, converted."""
-    from vlu_plugin.checkpoints import convert_official
+    from vlu_plugin.utils.checkpoints import convert_official
     torch.manual_seed(seed)
     release = load_release_vlunet(repo_dir)(de_dim=7)
     ours = build_network('VLUNet')

@@ -1,23 +1,30 @@
-"""The report's figures: a comparison grid, training curves and the degradation CLIP's confusion matrix."""
+"""The report's figures: a comparison grid, training curves and the degradation CLIP's confusion matrix.
+
+Figures are `matplotlib.figure.Figure` objects drawn straight to files (no pyplot, so importing this module
+never changes the matplotlib backend of the program that imports it). They take the report's records
+(`report.Run` objects and `records.clip_accuracy` results) and import nothing of the report.
+"""
 import glob
-import os
 import os.path as osp
 
+import cv2
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use('Agg')  # files only; no display on servers and CI
-import cv2  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from vlu_plugin.metrics.paper_metric import calculate_psnr_float
+from vlu_plugin.utils.atomic import atomic_path
 
-from vlu_plugin.metrics.paper_metric import calculate_psnr_float  # noqa: E402
+
+def _figure(rows=1, columns=1, figsize=(4, 3)):
+    """A (figure, axes grid) pair that belongs to no pyplot window."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, columns, squeeze=False)
 
 
 def _save(fig, path):
-    tmp = f'{path}.tmp{os.getpid()}.png'
-    fig.savefig(tmp, dpi=100, bbox_inches='tight')
-    plt.close(fig)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix='.png') as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches='tight')
     return True
 
 
@@ -56,8 +63,7 @@ def comparison(runs, datasets, path):
         return False
     labels = list(runs)
     columns = ['degraded'] + labels + ['ground truth']
-    fig, axes = plt.subplots(len(examples), len(columns), figsize=(2.2 * len(columns), 2.3 * len(examples)),
-                             squeeze=False)
+    fig, axes = _figure(len(examples), len(columns), figsize=(2.2 * len(columns), 2.3 * len(examples)))
     for row, (dataset, (name, lq_path, gt_path, _)) in enumerate(examples):
         gt = _read_rgb(gt_path)
         tiles = [('degraded', lq_path)] + [(label, _output_for(runs[label], dataset, name)) for label in labels]
@@ -92,10 +98,9 @@ def curves(experiments, path):
         return False
     datasets = list(dict.fromkeys(d for run in experiments.values() for d in run.datasets
                                   if any((d, 'psnr') in h for h in run.history.values())))
-    fig, axes = plt.subplots(1, 1 + max(1, len(datasets)), figsize=(4.2 + 2.9 * max(1, len(datasets)), 3.4),
-                             squeeze=False)
+    fig, axes = _figure(1, 1 + max(1, len(datasets)), figsize=(4.2 + 2.9 * max(1, len(datasets)), 3.4))
     ax_loss, psnr_axes = axes[0, 0], axes[0, 1:]
-    colours = plt.rcParams['axes.prop_cycle'].by_key()['color']
+    colours = matplotlib.rcParams['axes.prop_cycle'].by_key()['color']
     for index, (label, run) in enumerate(experiments.items()):
         colour = colours[index % len(colours)]
         iters, losses = run.training_losses()
@@ -121,7 +126,7 @@ def curves(experiments, path):
 
 
 def confusion(accuracy, path, names=None):
-    """Row-normalised confusion matrix of the degradation CLIP over every class (`report.clip_accuracy` output);
+    """Row-normalised confusion matrix of the degradation CLIP over every class (`records.clip_accuracy` output);
     `names` maps labels to class names (default: the 3/5-task degradations)."""
     from vlu_plugin.data.tasks import TASKS
     _, exact, by_type, _, pairs = accuracy
@@ -131,7 +136,8 @@ def confusion(accuracy, path, names=None):
     for label, predicted in pairs:
         matrix[label, predicted] += 1
     normalised = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * n, 1.0 + 0.8 * n))
+    fig, axes = _figure(figsize=(1.2 + 0.9 * n, 1.0 + 0.8 * n))
+    ax = axes[0, 0]
     ax.imshow(normalised, cmap='Blues', vmin=0, vmax=1)
     ticks = [names.get(i, str(i)) for i in range(n)]
     ax.set_xticks(range(n), ticks, rotation=45, ha='right', fontsize=8)

@@ -167,19 +167,14 @@ def load_checkpoint(path, trust=False, map_location='cpu'):
 
 def save_checkpoint(obj, path):
     """Write a checkpoint atomically (temporary file, then rename); `.safetensors` takes a flat state dict."""
+    from vlu_plugin.utils.atomic import atomic_path
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f'{path}.tmp{os.getpid()}'
-    try:
+    with atomic_path(path) as tmp:
         if path.endswith('.safetensors'):
             from safetensors.torch import save_file
             save_file({k: v.contiguous() for k, v in obj.items()}, tmp)
         else:
             torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

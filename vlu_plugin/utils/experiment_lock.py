@@ -9,7 +9,7 @@ import os
 import os.path as osp
 import socket
 
-from vlu_plugin.errors import UserError
+from vlu_plugin.utils.errors import UserError
 
 LOCK_NAME = 'vlu.lock'
 _held = set()

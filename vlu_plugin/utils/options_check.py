@@ -7,24 +7,87 @@ ordered mappings) and says in one sentence why a file is no option file (missing
 (a name that escapes experiments/, a zero frequency, a learning rate that is no number, CUDA that is not
 there) and converts numbers YAML reads as strings (`lr: 1e-3` is a string to YAML 1.1, a number to
 BasicSR users). All raise `UserError` naming the file and the option.
+Every run leaves `options_resolved.yml` in its experiment or result folder (`write_resolved_options`): the
+options as the run read them, `!include`s expanded, plain YAML; `run_option_file(folder)` finds the copy a
+reader should use (BasicSR's verbatim copy keeps `!include` paths relative to where the file came from).
 """
-import difflib
 import math
 import os
 import os.path as osp
 import re
 
-from vlu_plugin.errors import UserError
+from vlu_plugin.utils.errors import UserError
+from vlu_plugin.utils.hints import did_you_mean
 
 # YAML 1.1 reads `1e-3` (no dot) as a string; these are the spellings of a number it leaves as text
 _NUMBER = re.compile(r'^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$')
 
 
+def _deep_update(base, override):
+    """`base` with `override`'s keys set recursively (nested mappings merged, other values replaced)."""
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _include(loader, node):
+    """`!include path` or `!include {file: path, override: {...}, remove: [keys]}`: a YAML file relative to
+    the including one.
+
+    The long form changes a few keys of the shared block (e.g. AirNet's `train: {key_view: true}`) or
+    drops some (a test file drops `train`), so one data block serves every model and every stage.
+    """
+    import yaml
+    import yaml.nodes
+    including = getattr(loader, 'name', '')
+    if isinstance(node, yaml.nodes.MappingNode):
+        spec = loader.construct_mapping(node, deep=True)
+        relative, override, remove = spec.get('file'), spec.get('override') or {}, spec.get('remove') or []
+        if not relative or set(spec) - {'file', 'override', 'remove'}:
+            raise ValueError(f'{including}: !include takes a path or {{file: path, override: {{...}}, remove: [...]}}'
+                             f', got {dict(spec)}')
+    else:
+        relative, override, remove = loader.construct_scalar(node), {}, []
+    path = osp.join(osp.dirname(including), relative) if osp.isfile(including) else relative
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'{including}: !include {relative}: no such file ({path})')
+    with open(path) as f:
+        block = _deep_update(yaml.load(f, Loader=type(loader)), override)
+    for key in remove:
+        if key not in block:
+            raise KeyError(f'{including}: !include {relative}: cannot remove {key!r}, it has only {list(block)}')
+        del block[key]
+    return block
+
+
+_OPTION_LOADER = None
+
+
+def option_loader():
+    """The YAML loader of option files: PyYAML's safe loader (no Python tags, so no code runs), ordered
+    mappings as BasicSR's, and `!include`."""
+    global _OPTION_LOADER
+    if _OPTION_LOADER is None:
+        from collections import OrderedDict
+
+        import yaml
+
+        class OptionLoader(yaml.SafeLoader):
+            """PyYAML's safe loader with ordered mappings (as BasicSR's) and `!include`."""
+
+        OptionLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                     lambda loader, node: OrderedDict(loader.construct_pairs(node)))
+        OptionLoader.add_constructor('!include', _include)
+        _OPTION_LOADER = OptionLoader
+    return _OPTION_LOADER
+
+
 def load_option_file(path):
     """The option mapping in `path`, read with the safe loader; UserError when it is no option file."""
     import yaml
-
-    from vlu_plugin.compat import option_loader
     if osp.isdir(path):
         raise UserError(f'{path}: is a folder, not an option file (.yml)')
     if not osp.isfile(path):
@@ -60,10 +123,40 @@ def load_option_file(path):
     return opt
 
 
-def _hint(key, choices):
-    """' (did you mean X?)' for the closest of `choices`, or ''."""
-    close = difflib.get_close_matches(str(key), [str(c) for c in choices], 1)
-    return f' (did you mean {close[0]!r}?)' if close else ''
+RESOLVED_OPTIONS = 'options_resolved.yml'
+
+
+def plain(value):
+    """Nested mappings and lists as plain dicts and lists (yaml.safe_dump refuses OrderedDict)."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def write_resolved_options(opt, folder, source=None):
+    """Write `opt` as plain YAML to `<folder>/options_resolved.yml` (atomically); returns the path."""
+    import yaml
+
+    from vlu_plugin.utils.atomic import atomic_write
+    header = f'# the options of this run, !include expanded{f" (from {source})" if source else ""}\n'
+    return atomic_write(osp.join(folder, RESOLVED_OPTIONS), header + yaml.safe_dump(plain(opt), sort_keys=False))
+
+
+def run_option_file(folder):
+    """The option file to read for the run in `folder`: its `options_resolved.yml`, else the one `*.yml` there
+    (folders of runs older than the resolved copy); None when there is none. UserError when several are left."""
+    resolved = osp.join(folder, RESOLVED_OPTIONS)
+    if osp.isfile(resolved):
+        return resolved
+    ymls = sorted(osp.join(folder, name) for name in os.listdir(folder) if name.endswith('.yml'))
+    if not ymls:
+        return None
+    if len(ymls) > 1:
+        raise UserError(f'{folder}: {len(ymls)} option files ({", ".join(osp.basename(y) for y in ymls)}) and no '
+                        f'{RESOLVED_OPTIONS}; name the option file instead of the folder')
+    return ymls[0]
 
 
 def apply_force_yml(opt, entries, path):
@@ -80,7 +173,7 @@ def apply_force_yml(opt, entries, path):
                 known = list(node) if isinstance(node, dict) else []
                 where = ':'.join(walked) or 'the top level'
                 raise UserError(f'--force_yml {entry}: {path} has no option {":".join(walked + [key])} '
-                                f'(--force_yml changes existing options only){_hint(key, known)}; '
+                                f'(--force_yml changes existing options only){did_you_mean(key, known)}; '
                                 f'options at {where}: {", ".join(map(str, known)) or "none"}')
             walked.append(key)
             parent, node = node, node[key]

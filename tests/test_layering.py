@@ -1,0 +1,89 @@
+"""The package's layering, read from its source with ast (every import, also those inside functions):
+archs and data never import models, tools or the CLI; utils imports none of archs, data, models, tools or the CLI
+at module level; nothing outside the CLI imports it; and the modules import one another without a circle."""
+import ast
+import os
+import os.path as osp
+
+PACKAGE = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'vlu_plugin')
+
+
+def module_imports():
+    """{module: [(imported vlu_plugin module, at module level?)]} for every module of the package."""
+    found = {}
+    for folder, _, files in os.walk(PACKAGE):
+        for name in files:
+            if not name.endswith('.py'):
+                continue
+            path = osp.join(folder, name)
+            rel = osp.relpath(path, osp.dirname(PACKAGE))[:-3].replace(os.sep, '.')
+            module = rel[:-len('.__init__')] if rel.endswith('.__init__') else rel
+            tree = ast.parse(open(path, encoding='utf-8').read())
+            top = {id(node) for node in tree.body}
+            imports = []
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    targets = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    targets = [f'{node.module}.{a.name}' for a in node.names]
+                else:
+                    continue
+                imports += [(t, id(node) in top) for t in targets if t.split('.')[0] == 'vlu_plugin']
+            found[module] = imports
+    return found
+
+
+def resolve(target, modules):
+    """The package module an import names (`from vlu_plugin.utils import records` → vlu_plugin.utils.records)."""
+    while target not in modules and '.' in target:
+        target = target.rsplit('.', 1)[0]
+    return target
+
+
+def layer(module):
+    """'archs', 'data', 'models', 'utils', 'tools', 'cli', ... or 'root' for the package's own modules."""
+    parts = module.split('.')
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in ('archs', 'data', 'models', 'utils',
+                                                                         'tools', 'cli', 'losses', 'metrics')) \
+        else 'root'
+
+
+def test_layers_import_only_downwards():
+    imports = module_imports()
+    assert 'vlu_plugin.utils.patches' in imports and 'vlu_plugin.tools.restorer' in imports
+    wrong = []
+    for module, targets in imports.items():
+        for target, at_top in targets:
+            target = resolve(target, imports)
+            src, dst = layer(module), layer(target)
+            if dst == 'cli' and src != 'cli':
+                wrong.append(f'{module} imports the CLI ({target})')
+            if src in ('archs', 'data') and dst in ('models', 'tools', 'cli'):
+                wrong.append(f'{module} ({src}) imports {target}')
+            if src == 'utils' and at_top and dst in ('archs', 'data', 'models', 'tools', 'cli', 'losses', 'metrics'):
+                wrong.append(f'{module} (utils) imports {target} at module level')
+            if src in ('models', 'losses', 'metrics') and dst in ('tools', 'cli'):
+                wrong.append(f'{module} ({src}) imports {target}')
+    assert not wrong, '\n'.join(wrong)
+
+
+def test_no_import_circles():
+    imports = module_imports()
+    graph = {m: {resolve(t, imports) for t, _ in targets} - {m, 'vlu_plugin'} for m, targets in imports.items()}
+    # `import vlu_plugin` (registration) is the package's public entry, not a layer: leaving it out of the graph
+    # keeps the check on the modules themselves
+    circles, state = [], {}
+
+    def visit(node, path):
+        state[node] = 'open'
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 'open':
+                circles.append(' → '.join(path[path.index(nxt):] + [nxt]))
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 'done'
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not circles, '\n'.join(circles)

@@ -146,6 +146,12 @@ def merge_runs(folders):
     return runs, experiments
 
 
+def _mean_of_scores(values):
+    """The mean of the finite scores, NaN when there are none."""
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else float('nan')
+
+
 def input_quality(runs, dataset, protocol=None):
     """(PSNR, SSIM) of the degraded inputs against the ground truth, from the images a test run saved."""
     import cv2
@@ -176,8 +182,8 @@ def table(runs, metrics=('psnr', 'ssim'), protocol=None):
         rows.append(('degraded input', inputs, tuple(float(np.nanmean([c[i] for c in inputs])) for i in range(2))))
     for label, run in runs.items():
         cells = [tuple(run.metric(d, m) for m in metrics) for d in datasets]
-        average = tuple(float(np.nanmean([c[i] for c in cells])) if cells else float('nan')
-                        for i in range(len(metrics)))
+        # a metric no set recorded (SSIM off, say) averages to NaN, shown as '-', without numpy's warning
+        average = tuple(_mean_of_scores([c[i] for c in cells]) for i in range(len(metrics)))
         rows.append((label, cells, average))
     return datasets, rows
 

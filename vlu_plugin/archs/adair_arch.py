@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-from vlu_plugin.archs.restormer_blocks import (CrossMDTA, Downsample, OverlapPatchEmbed, Upsample, channels_last,
-                                               pad_to_multiple, pointwise, transformer_stack)
+from vlu_plugin.archs.restormer_blocks import (CrossMDTA, OverlapPatchEmbed, Upsample, add_restormer_encoder,
+                                               channels_last, pad_to_multiple, pointwise, transformer_stack)
 
 # The release's frequency mask: a centred box of half-size (h // 128 · r_h, w // 128 · r_w), truncated to integers.
 MASK_DIVISOR = 128
@@ -147,13 +147,7 @@ class AdaIR(nn.Module):
         self.fre2 = FrequencyLearningBlock(d3, heads[2], bias, in_dim=inp_channels)
         self.fre3 = FrequencyLearningBlock(d2, heads[2], bias, in_dim=inp_channels)
 
-        self.encoder_level1 = stack(num_blocks[0], d1, heads[0])
-        self.down1_2 = Downsample(d1)
-        self.encoder_level2 = stack(num_blocks[1], d2, heads[1])
-        self.down2_3 = Downsample(d2)
-        self.encoder_level3 = stack(num_blocks[2], d3, heads[2])
-        self.down3_4 = Downsample(d3)
-        self.latent = stack(num_blocks[3], d4, heads[3])
+        add_restormer_encoder(self, stack, (d1, d2, d3, d4), num_blocks, heads)
 
         self.up4_3 = Upsample(d4)
         self.reduce_chan_level3 = nn.Conv2d(d4, d3, kernel_size=1, bias=bias)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-from vlu_plugin.archs.restormer_blocks import (Downsample, OverlapPatchEmbed, TransformerBlock, Upsample,
+from vlu_plugin.archs.restormer_blocks import (OverlapPatchEmbed, TransformerBlock, Upsample, add_restormer_encoder,
                                                pad_to_multiple, transformer_stack)
 
 # The release's prompt widths at dim=48; other widths scale them (see `default_prompt_dims`).
@@ -91,13 +91,7 @@ class PromptIR(nn.Module):
         self.prompt2 = PromptBlock(p2, prompt_len, prompt_sizes[1], lin_dim=d3)
         self.prompt3 = PromptBlock(p3, prompt_len, prompt_sizes[2], lin_dim=d4)
 
-        self.encoder_level1 = stack(num_blocks[0], d1, heads[0])
-        self.down1_2 = Downsample(d1)
-        self.encoder_level2 = stack(num_blocks[1], d2, heads[1])
-        self.down2_3 = Downsample(d2)
-        self.encoder_level3 = stack(num_blocks[2], d3, heads[2])
-        self.down3_4 = Downsample(d3)
-        self.latent = stack(num_blocks[3], d4, heads[3])
+        add_restormer_encoder(self, stack, (d1, d2, d3, d4), num_blocks, heads)
 
         # The latent is mixed with its prompt and reduced to d3 (not d4) before upsampling, as released.
         self.noise_level3 = mixer(d4 + p3)

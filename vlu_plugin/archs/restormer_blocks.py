@@ -251,6 +251,16 @@ def transformer_stack(num_blocks, dim, num_heads, ffn_expansion_factor=2.66, bia
     ])
 
 
+def add_restormer_encoder(net, make_level, dims, num_blocks, heads):
+    """Give `net` Restormer's encoder under the releases' attribute names (their checkpoints' keys):
+    encoder_level1-3 with down1_2, down2_3, down3_4 after them, then latent; `make_level(n, width, n_heads)`
+    builds each level's blocks. Modules are created in the releases' order, so a seed gives their weights."""
+    for level, name in enumerate(('encoder_level1', 'encoder_level2', 'encoder_level3', 'latent')):
+        setattr(net, name, make_level(num_blocks[level], dims[level], heads[level]))
+        if level < 3:
+            setattr(net, f'down{level + 1}_{level + 2}', Downsample(dims[level]))
+
+
 class Downsample(nn.Module):
     """Halve the resolution, double the channels: 3×3 conv to C/2, then PixelUnshuffle(2)."""
 

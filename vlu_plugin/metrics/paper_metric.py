@@ -37,14 +37,19 @@ def _resolve(protocol, crop_border):
     return spec, spec.crop_border if crop_border is None else crop_border
 
 
+def _basicsr_score(metric, img, img2, spec, crop):
+    """BasicSR's own `metric` (calculate_psnr / calculate_ssim) on the images rounded to 8-bit BGR, as its
+    protocols define; it crops the border itself."""
+    a, b = _float_pair(img, img2, 0)
+    return float(metric(_uint8_bgr(a), _uint8_bgr(b), crop, input_order='HWC', test_y_channel=spec.channel == 'y'))
+
+
 @METRIC_REGISTRY.register()
 def calculate_psnr_float(img, img2, crop_border=None, protocol=DEFAULT, **kwargs):
     """PSNR (dB) of float RGB HWC images in [0, 1] by `protocol` (default: the papers' skimage float RGB)."""
     spec, crop = _resolve(protocol, crop_border)
     if spec.quantize:
-        a, b = _float_pair(img, img2, 0)
-        return float(calculate_psnr(_uint8_bgr(a), _uint8_bgr(b), crop, input_order='HWC',
-                                    test_y_channel=spec.channel == 'y'))
+        return _basicsr_score(calculate_psnr, img, img2, spec, crop)
     img, img2 = _float_pair(img, img2, crop)
     return float(peak_signal_noise_ratio(img2, img, data_range=1))
 
@@ -54,9 +59,7 @@ def calculate_ssim_float(img, img2, crop_border=None, protocol=DEFAULT, **kwargs
     """SSIM of float RGB HWC images in [0, 1] by `protocol` (default: skimage's 7×7 uniform window, RGB)."""
     spec, crop = _resolve(protocol, crop_border)
     if spec.quantize:
-        a, b = _float_pair(img, img2, 0)
-        return float(calculate_ssim(_uint8_bgr(a), _uint8_bgr(b), crop, input_order='HWC',
-                                    test_y_channel=spec.channel == 'y'))
+        return _basicsr_score(calculate_ssim, img, img2, spec, crop)
     img, img2 = _float_pair(img, img2, crop)
     gaussian = spec.ssim == 'gaussian_skimage'
     return float(structural_similarity(img2, img, data_range=1, channel_axis=-1, gaussian_weights=gaussian))

@@ -4,10 +4,16 @@ What the demo measures (PSNR, CLIP accuracy) is the demo's result, not asserted 
 nothing. The test checks that each stage ran and that the report holds every model, set and figure.
 """
 import csv
+from argparse import Namespace
 
 import cv2
+import pytest
 
+import vlu_plugin  # noqa: F401  (shims before basicsr)
+from basicsr.archs import build_network
 from conftest import run_vlu
+from vlu_plugin.cli import demo
+from vlu_plugin.utils.errors import UserError
 
 MODELS = ('VLUNet', 'PromptIR', 'AirNet')
 TASKS = ('noise_sigma25', 'haze', 'rain', 'blur', 'low_light')
@@ -40,10 +46,8 @@ def test_quick_demo_end_to_end(tmp_path):
 
 
 def test_demo_plan_starts_the_longest_training_first_and_validates_twice():
-    from argparse import Namespace
-
-    from vlu_plugin.cli import demo
-    args = Namespace(quick=False, iters=None, clip_iters=None, ablations=True, device='cpu')
+    args = Namespace(quick=False, iters=None, clip_iters=None, ablations=True, device='cpu',
+                     models=demo.DEFAULT_MODELS)
     stages, trained, _ = demo.plan(args)
     trainings = [s.opt['name'] for s in stages if s.kind == 'train']
     # the CLIP first, then AirNet (free of the CLIP, the slowest step) beside it, then the CLIP's users
@@ -57,13 +61,6 @@ def test_demo_plan_starts_the_longest_training_first_and_validates_twice():
 
 
 def test_demo_models_share_one_parameter_budget_and_the_clip_runs_only_when_needed():
-    from argparse import Namespace
-
-    import pytest
-    from basicsr.archs import build_network
-
-    from vlu_plugin.cli import demo
-    from vlu_plugin.utils.errors import UserError
     count = {model: sum(p.numel() for p in build_network(demo.load_options(model)['network_g']).parameters())
              for model in demo.MODELS}
     for model, params in count.items():  # equal budgets within +-10 % (issue 11)

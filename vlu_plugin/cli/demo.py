@@ -8,6 +8,7 @@ at a time (one thread each on a CPU), each starting as soon as what it needs is 
 stages whose outputs exist (`--force` redoes them) and resumes an interrupted training from its last
 checkpoint.
 """
+import argparse
 import copy
 import csv
 import os
@@ -63,7 +64,6 @@ def add_parser(subparsers):
 
 def model_list(text):
     """`--models`: known names, comma-separated, in the report's order."""
-    import argparse
     names = [name.strip().lower() for name in text.split(',') if name.strip()]
     unknown = [name for name in names if name not in MODELS]
     if unknown or not names:
@@ -193,7 +193,7 @@ def plan(args):
     clip['logger'].update(save_checkpoint_freq=clip_iters, print_freq=max(1, min(20, clip_iters // 20)))
     clip_stage = Stage('fine-tune the degradation CLIP', 'train', clip,
                        f'experiments/{clip["name"]}/models/net_clip_latest.pth', clip_iters)
-    models = getattr(args, 'models', DEFAULT_MODELS)
+    models = args.models
     if args.ablations and 'vlunet' not in models:
         raise UserError('--ablations trains VLU-Net variants: keep vlunet in --models')
     trained = [scale_schedule(load_options(model), iters) for model in models]
@@ -258,7 +258,7 @@ def run(args):
     from vlu_plugin.data.synthetic_benchmark import build_synthetic_benchmark
     from vlu_plugin.tools.report import build_report
     if args.jobs < 1 or args.threads < 1:
-        raise ValueError(f'--jobs and --threads must be at least 1 (got {args.jobs}, {args.threads})')
+        raise UserError(f'--jobs and --threads must be at least 1 (got {args.jobs}, {args.threads})')
     start = time.time()
     out = osp.abspath(args.out)
     os.makedirs(out, exist_ok=True)

@@ -2,7 +2,7 @@
 
 Figures are `matplotlib.figure.Figure` objects drawn straight to files (no pyplot, so importing this module
 never changes the matplotlib backend of the program that imports it). They take the report's records
-(`report.Run` objects and `records.clip_accuracy` results) and import nothing of the report.
+(`report.Run` objects and `report.clip_accuracy` results) and import nothing of the report.
 """
 import glob
 import os.path as osp
@@ -126,7 +126,7 @@ def curves(experiments, path):
 
 
 def confusion(accuracy, path, names=None):
-    """Row-normalised confusion matrix of the degradation CLIP over every class (`records.clip_accuracy` output);
+    """Row-normalised confusion matrix of the degradation CLIP over every class (`report.clip_accuracy` output);
     `names` maps labels to class names (default: the 3/5-task degradations)."""
     from vlu_plugin.data.tasks import TASKS
     _, exact, by_type, _, pairs = accuracy

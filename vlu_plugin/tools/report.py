@@ -179,7 +179,7 @@ def table(runs, metrics=('psnr', 'ssim'), protocol=None):
     rows = []
     inputs = [input_quality(runs, d, protocol) for d in datasets]
     if not all(math.isnan(c[0]) for c in inputs):
-        rows.append(('degraded input', inputs, tuple(float(np.nanmean([c[i] for c in inputs])) for i in range(2))))
+        rows.append(('degraded input', inputs, tuple(_mean_of_scores([c[i] for c in inputs]) for i in range(2))))
     for label, run in runs.items():
         cells = [tuple(run.metric(d, m) for m in metrics) for d in datasets]
         # a metric no set recorded (SSIM off, say) averages to NaN, shown as '-', without numpy's warning

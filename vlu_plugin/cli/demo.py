@@ -30,7 +30,7 @@ DEFAULT_MODELS = MODELS[:3]  # AdaIR and MoCE-IR only on request (`--models`): t
 # about 2.5 VLU-Net steps on a CPU), so that it overlaps the CLIP -> VLU-Net chain.
 START_ORDER = ('airnet', 'moceir', 'adair', 'vlunet', 'promptir')
 ABLATIONS = {'uniform': 'uniform prompt mixture (no CLIP)', 'true_label': 'true-label vector'}
-DEFAULTS = {'iters': 1000, 'clip_iters': 1000}
+DEFAULTS = {'iters': 900, 'clip_iters': 1000}
 QUICK = {'iters': 150, 'clip_iters': 100}
 CLIP_PATH_KEY = 'pretrain_network_degradation_clip'
 
@@ -55,10 +55,8 @@ def add_parser(subparsers):
                         f'{",".join(m for m in MODELS if m not in DEFAULT_MODELS)}, each with the same parameter budget)')
     parser.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto',
                         help='auto: CUDA when present, else the CPU (default)')
-    # 3 on 2 cores: the CLIP -> VLU-Net chain and AirNet each outlast the other trainings, so with one stage
-    # per core PromptIR waited for a free core (906 s); a third stage shares the cores instead of waiting
-    parser.add_argument('--jobs', type=int, default=3, help='stages run at once (default 3, for a 2-core CPU: '
-                        'no core idles while a stage waits; each with --threads threads)')
+    parser.add_argument('--jobs', type=int, default=2, help='stages run at once (default 2: one per core on a '
+                        '2-core CPU, each with --threads threads)')
     parser.add_argument('--threads', type=int, default=1, help='CPU threads per stage (default 1)')
     parser.add_argument('--force', action='store_true', help='redo every stage')
     return 'demo'

@@ -135,7 +135,7 @@ def test_bad_input_truncated_png_keeps_the_existing_lmdb(tmp_path):
 
 
 def test_bad_input_prepare_lmdb_of_a_non_image_or_an_empty_folder(tmp_path, capsys):
-    from vlu_plugin.cli import main
+    from vlu_cli import main
     pairs(tmp_path)
     target = str(tmp_path / 'gt.lmdb')
     assert main(['prepare', 'lmdb', str(tmp_path / 'gt'), target]) == 0
@@ -443,7 +443,7 @@ def test_bad_input_damaged_pretrain_network_g(tmp_path):
 
 
 def test_bad_input_convert_or_load_a_missing_checkpoint(tmp_path, capsys, monkeypatch):
-    from vlu_plugin.cli import main
+    from vlu_cli import main
     with pytest.raises(FileNotFoundError, match=r'checkpoint not found: .*never_written\.pth'):
         load_checkpoint(tmp_path / 'never_written.pth')
     out = tmp_path / 'airnet.pth'

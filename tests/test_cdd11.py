@@ -12,10 +12,10 @@ import torch
 import yaml
 
 import vlu_plugin  # noqa: F401  (shims before basicsr)
+from vlu_cli import main
+from vlu_cli.prepare import PRESET_NAMES
 from basicsr.data import build_dataset
 from conftest import run_vlu
-from vlu_plugin.cli import main
-from vlu_plugin.cli.prepare import PRESET_NAMES
 from vlu_plugin.data.tasks import (ATOMIC, CDD11_PROMPTS, CDD11_SUBSETS, CDD11_TASKS, PRESETS, get_task,
                                    label_space_of, resolve_tasks)
 from vlu_plugin.utils.options_check import load_option_file

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from test_vlunet_arch import TO_RELEASE
+from vlu_cli import main
+from vlu_cli.convert import clip_adapters_path, convert
 from vlu_plugin.archs.airnet_arch import AirNet
 from vlu_plugin.archs.promptir_arch import PromptIR
 from vlu_plugin.archs.vlunet_arch import VLUNet
 from vlu_plugin.utils.checkpoints import load_checkpoint
-from vlu_plugin.cli import main
-from vlu_plugin.cli.convert import clip_adapters_path, convert
 
 VLUNET_SMALL = dict(dim=16, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, clip_dim=32)
 PROMPTIR_SMALL = dict(dim=16, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, prompt_sizes=(16, 8, 4))

@@ -204,7 +204,7 @@ sys.path.insert(0, {tests!r})
 import vlu_plugin  # noqa: F401
 import toy_degradation_data
 toy_degradation_data.register()
-from vlu_plugin.cli import main
+from vlu_cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -10,7 +10,7 @@ from basicsr.archs import build_network
 from basicsr.utils.options import ordered_yaml
 from basicsr.utils.registry import DATASET_REGISTRY, MODEL_REGISTRY
 
-from vlu_plugin.cli.demo import OPTIONS_DIR as DEMO_OPTIONS_DIR  # shipped inside the package
+from vlu_cli.demo import OPTIONS_DIR as DEMO_OPTIONS_DIR  # shipped inside the package
 from vlu_plugin.data.tasks import DATASET_KEYS, check_keys
 
 ROOT = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'options')

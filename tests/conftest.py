@@ -19,7 +19,13 @@ vlu_plugin.patch_basicsr()
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # nothing may download
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout's root (tests/..)
+TESTS = os.path.dirname(os.path.abspath(__file__))  # tests/: this file and the shared helper modules
+REPO = os.path.dirname(TESTS)  # the checkout's root
+# The tests of each layer have a folder (archs, data, models, metrics, cli, infra) and some import helpers and
+# fixtures from another folder's module by name (`from test_train_pipeline import paired_options`); pytest puts
+# only a test file's own folder on sys.path, so every test folder goes there (module names stay unique).
+sys.path[1:1] = sorted(entry.path for entry in os.scandir(TESTS) if entry.is_dir() and entry.name != '__pycache__'
+                       and entry.path not in sys.path)
 
 # The tiny networks every test builds (one definition): a 2-layer ViT on 64×64 inputs and a 2-layer text tower,
 # 64-d embeddings (about 3.4 M parameters, 3.2 M of them the 49,408-token embedding the tokenizer needs), and a

@@ -2,9 +2,9 @@
 failed rebuild or overwrite leaves what was written before intact. Odd but valid inputs (grey, alpha,
 16-bit, palette images; crops that are not multiples of 8) are converted or accepted, not rejected.
 
-Further `bad_input` cases live beside the code they test: tests/test_data_dataset.py (missing clean
+Further `bad_input` cases live beside the code they test: tests/data/test_data_dataset.py (missing clean
 partner, LMDB without a partner, size mismatch, undecodable file, image smaller than gt_size, empty
-folder, unknown task and misspelled dataset keys, option values) and tests/test_data_tasks.py.
+folder, unknown task and misspelled dataset keys, option values) and tests/data/test_data_tasks.py.
 Everything here runs in-process on images of 16 to 64 pixels.
 """
 import argparse

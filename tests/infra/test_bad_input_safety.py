@@ -21,6 +21,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import REPO
 from test_bad_input import snapshot
 from test_restore import trained  # noqa: F401  (the tiny VLU-Net + CLIP fixture)
 from test_train_pipeline import paired_options
@@ -551,7 +552,7 @@ def test_bad_input_prepare_and_bench(tmp_path, monkeypatch, capsys, case):
 # ---- every shipped option file passes the checks ---------------------------------------------------------
 def test_safety_shipped_option_files_pass_validation(monkeypatch):
     import glob
-    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'options')
+    root = os.path.join(REPO, 'options')
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     files = sorted(glob.glob(os.path.join(root, 'demo', '*.yml'))
                    + [f for phase in ('train', 'test') for f in glob.glob(os.path.join(root, phase, '*', '*.yml'))])

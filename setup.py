@@ -23,5 +23,5 @@ setup(
         'matplotlib',  # the report's figures (comparison grid, curves, confusion matrix)
     ],
     extras_require={'test': ['pytest']},
-    entry_points={'console_scripts': ['vlu=vlu_plugin.cli:main']},
+    entry_points={'console_scripts': ['vlu=vlu_cli:main']},
 )

@@ -19,6 +19,14 @@ vlu_plugin.patch_basicsr()
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # nothing may download
 
+TESTS = os.path.dirname(os.path.abspath(__file__))  # tests/: this file and the shared helper modules
+REPO = os.path.dirname(TESTS)  # the checkout's root
+# The tests of each layer have a folder (archs, data, models, metrics, cli, infra) and some import helpers and
+# fixtures from another folder's module by name (`from test_train_pipeline import paired_options`); pytest puts
+# only a test file's own folder on sys.path, so every test folder goes there (module names stay unique).
+sys.path[1:1] = sorted(entry.path for entry in os.scandir(TESTS) if entry.is_dir() and entry.name != '__pycache__'
+                       and entry.path not in sys.path)
+
 # The tiny networks every test builds (one definition): a 2-layer ViT on 64×64 inputs and a 2-layer text tower,
 # 64-d embeddings (about 3.4 M parameters, 3.2 M of them the 49,408-token embedding the tokenizer needs), and a
 # VLU-Net 12 channels wide with one block per level.
@@ -44,9 +52,9 @@ def write_images(folder, count, size=(48, 40), seed=0, prefix='img'):
 
 
 def run_vlu(args, cwd, timeout=240, check=True):
-    """Run `python -m vlu_plugin.cli <args>` in `cwd`; returns the CompletedProcess (stdout+stderr merged)."""
+    """Run `python -m vlu_cli <args>` in `cwd`; returns the CompletedProcess (stdout+stderr merged)."""
     env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='2')
-    proc = subprocess.run([sys.executable, '-m', 'vlu_plugin.cli', *args], cwd=cwd, env=env, timeout=timeout,
+    proc = subprocess.run([sys.executable, '-m', 'vlu_cli', *args], cwd=cwd, env=env, timeout=timeout,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f'vlu {" ".join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}')
@@ -57,7 +65,7 @@ def train_then_kill(opt_path, cwd, exp, state_iter=3, timeout=120):
     """Start `vlu train -opt opt_path` and SIGKILL it once `exp/training_states/<state_iter>.state` exists;
     returns the iterations of the training states it left."""
     env = dict(os.environ, OMP_NUM_THREADS='2')
-    proc = subprocess.Popen([sys.executable, '-m', 'vlu_plugin.cli', 'train', '-opt', str(opt_path)], cwd=cwd, env=env,
+    proc = subprocess.Popen([sys.executable, '-m', 'vlu_cli', 'train', '-opt', str(opt_path)], cwd=cwd, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
     while time.time() < deadline and not (exp / 'training_states' / f'{state_iter}.state').exists():

@@ -158,6 +158,17 @@ def channel_attention(q, k, v, temperature, num_heads):
     return _ChannelAttention.apply(q, k, v, temperature, num_heads)
 
 
+def dconv_projection(in_channels, out_channels, bias=False, kernel_size=3):
+    """(1×1 convolution, depthwise convolution after it): how Restormer projects q/k/v and GDFN's input.
+
+    Returned as a pair so that each module keeps the release's attribute names (`qkv`, `qkv_dwconv`, ...);
+    the two are created in this order, as in the release, so seeded initialisations are unchanged.
+    """
+    return (nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=bias),
+            nn.Conv2d(out_channels, out_channels, kernel_size=kernel_size, padding=kernel_size // 2,
+                      groups=out_channels, bias=bias))
+
+
 class MDTA(nn.Module):
     """Multi-Dconv-head Transposed self-Attention."""
 
@@ -165,8 +176,7 @@ class MDTA(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
-        self.qkv = nn.Conv2d(dim, dim * 3, kernel_size=1, bias=bias)
-        self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, kernel_size=3, padding=1, groups=dim * 3, bias=bias)
+        self.qkv, self.qkv_dwconv = dconv_projection(dim, dim * 3, bias)
         self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
 
     def forward(self, x):
@@ -184,11 +194,8 @@ class CrossMDTA(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
-        self.q = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
-        self.q_dwconv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, bias=bias)
-        self.kv = nn.Conv2d(dim, dim * 2, kernel_size=1, bias=bias)
-        self.kv_dwconv = nn.Conv2d(dim * 2, dim * 2, kernel_size=kv_kernel_size, padding=kv_kernel_size // 2,
-                                   groups=dim * 2, bias=bias)
+        self.q, self.q_dwconv = dconv_projection(dim, dim, bias)
+        self.kv, self.kv_dwconv = dconv_projection(dim, dim * 2, bias, kv_kernel_size)
         self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
 
     def forward(self, x, y):
@@ -206,8 +213,7 @@ class GDFN(nn.Module):
     def __init__(self, dim, ffn_expansion_factor=2.66, bias=False):
         super().__init__()
         hidden = int(dim * ffn_expansion_factor)
-        self.project_in = nn.Conv2d(dim, hidden * 2, kernel_size=1, bias=bias)
-        self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, kernel_size=3, padding=1, groups=hidden * 2, bias=bias)
+        self.project_in, self.dwconv = dconv_projection(dim, hidden * 2, bias)
         self.project_out = nn.Conv2d(hidden, dim, kernel_size=1, bias=bias)
         self.hidden = hidden
         # Each half runs at a multiple of 16 channels (zero weights in the padding, so the values are

@@ -16,7 +16,8 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 from vlu_plugin.archs.restormer_blocks import (MDTA, Downsample, OverlapPatchEmbed, Upsample, channel_attention,
-                                               channels_last, pad_to_multiple, pointwise, transformer_stack)
+                                               channels_last, dconv_projection, pad_to_multiple, pointwise,
+                                               transformer_stack)
 
 
 class PromptCrossAttention(nn.Module):
@@ -26,10 +27,8 @@ class PromptCrossAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
-        self.qv = nn.Conv2d(dim, dim * 2, kernel_size=1, bias=bias)
-        self.qv_dwconv = nn.Conv2d(dim * 2, dim * 2, kernel_size=3, padding=1, groups=dim * 2, bias=bias)
-        self.k = nn.Conv2d(prompt_dim, dim, kernel_size=1, bias=bias)
-        self.k_dwconv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, bias=bias)
+        self.qv, self.qv_dwconv = dconv_projection(dim, dim * 2, bias)
+        self.k, self.k_dwconv = dconv_projection(prompt_dim, dim, bias)
         self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
 
     def forward(self, x, prompt):

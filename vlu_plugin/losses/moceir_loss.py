@@ -4,6 +4,8 @@ import torch.nn.functional as F
 from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
+from vlu_plugin.losses.weighted import WeightedLoss
+
 
 def squared_variation(values, eps=1e-8):
     """(std / mean)² of a 1-D tensor (unbiased std, as the release): 0 when all entries are equal."""
@@ -45,15 +47,8 @@ class MoCERoutingLoss(nn.Module):
 
 
 @LOSS_REGISTRY.register()
-class FFTLoss(nn.Module):
+class FFTLoss(WeightedLoss):
     """loss_weight · L1 between the real and imaginary parts of rfft2(pred) and rfft2(target) (MoCE-IR: 0.1)."""
-
-    def __init__(self, loss_weight=1.0, reduction='mean'):
-        super().__init__()
-        if reduction not in ('none', 'mean', 'sum'):
-            raise ValueError(f"FFTLoss: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
-        self.loss_weight = loss_weight
-        self.reduction = reduction
 
     def forward(self, pred, target):
         pred_fft = torch.view_as_real(torch.fft.rfft2(pred.float()))

@@ -31,12 +31,6 @@ def _uint8_bgr(img):
     return np.ascontiguousarray((img * 255.0).round().astype(np.uint8)[..., ::-1])
 
 
-def _resolve(protocol, crop_border):
-    """The Protocol and the border crop to apply (an explicit crop_border overrides the protocol's)."""
-    spec = get_protocol(protocol or DEFAULT)
-    return spec, spec.crop_border if crop_border is None else crop_border
-
-
 def _basicsr_score(metric, img, img2, spec, crop):
     """BasicSR's own `metric` (calculate_psnr / calculate_ssim) on the images rounded to 8-bit BGR, as its
     protocols define; it crops the border itself."""
@@ -44,25 +38,31 @@ def _basicsr_score(metric, img, img2, spec, crop):
     return float(metric(_uint8_bgr(a), _uint8_bgr(b), crop, input_order='HWC', test_y_channel=spec.channel == 'y'))
 
 
+def _score(img, img2, crop_border, protocol, basicsr_metric, float_metric):
+    """The metric by `protocol`: BasicSR's `basicsr_metric` for the quantising protocols, else
+    `float_metric(img, img2, protocol spec)` on the clipped, border-cropped float images.
+
+    An explicit crop_border overrides the protocol's."""
+    spec = get_protocol(protocol or DEFAULT)
+    crop = spec.crop_border if crop_border is None else crop_border
+    if spec.quantize:
+        return _basicsr_score(basicsr_metric, img, img2, spec, crop)
+    return float(float_metric(*_float_pair(img, img2, crop), spec))
+
+
 @METRIC_REGISTRY.register()
 def calculate_psnr_float(img, img2, crop_border=None, protocol=DEFAULT, **kwargs):
     """PSNR (dB) of float RGB HWC images in [0, 1] by `protocol` (default: the papers' skimage float RGB)."""
-    spec, crop = _resolve(protocol, crop_border)
-    if spec.quantize:
-        return _basicsr_score(calculate_psnr, img, img2, spec, crop)
-    img, img2 = _float_pair(img, img2, crop)
-    return float(peak_signal_noise_ratio(img2, img, data_range=1))
+    return _score(img, img2, crop_border, protocol, calculate_psnr,
+                  lambda a, b, spec: peak_signal_noise_ratio(b, a, data_range=1))
 
 
 @METRIC_REGISTRY.register()
 def calculate_ssim_float(img, img2, crop_border=None, protocol=DEFAULT, **kwargs):
     """SSIM of float RGB HWC images in [0, 1] by `protocol` (default: skimage's 7×7 uniform window, RGB)."""
-    spec, crop = _resolve(protocol, crop_border)
-    if spec.quantize:
-        return _basicsr_score(calculate_ssim, img, img2, spec, crop)
-    img, img2 = _float_pair(img, img2, crop)
-    gaussian = spec.ssim == 'gaussian_skimage'
-    return float(structural_similarity(img2, img, data_range=1, channel_axis=-1, gaussian_weights=gaussian))
+    return _score(img, img2, crop_border, protocol, calculate_ssim,
+                  lambda a, b, spec: structural_similarity(b, a, data_range=1, channel_axis=-1,
+                                                           gaussian_weights=spec.ssim == 'gaussian_skimage'))
 
 
 calculate_psnr_float.takes_float = True

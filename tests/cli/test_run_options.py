@@ -8,9 +8,9 @@ import zipfile
 
 import yaml
 
-from conftest import run_vlu, write_images
+from conftest import REPO, run_vlu, write_images
 from test_train_pipeline import paired_options, write_options
-from vlu_plugin.cli import main
+from vlu_cli import main
 
 
 def test_include_run_is_reported_and_restored_from_its_folders(image_pairs, tmp_path):
@@ -50,7 +50,7 @@ def test_include_run_is_reported_and_restored_from_its_folders(image_pairs, tmp_
 
 def test_wheel_ships_the_demo_options(tmp_path):
     """`pip install .` (not -e) must find options/demo/*.yml inside the package."""
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = REPO
     source = tmp_path / 'src'  # a copy: building in the checkout would leave build/ and *.egg-info there
     shutil.copytree(repo, source, ignore=shutil.ignore_patterns('.git', 'tests', 'datasets', 'experiments', 'results',
                                                                  '__pycache__', '*.egg-info', 'build', 'dist'))
@@ -61,3 +61,14 @@ def test_wheel_ships_the_demo_options(tmp_path):
     demo = {n for n in names if n.startswith('vlu_plugin/options/demo/') and n.endswith('.yml')}
     assert {'vlu_plugin/options/demo/vlunet.yml', 'vlu_plugin/options/demo/degradation_clip.yml'} <= demo, names
     assert any(n.startswith('vlu_plugin/options/demo/_shared/') for n in demo)  # the blocks they !include
+    # the `vlu` command is the package vlu_cli beside vlu_plugin
+    assert 'vlu_cli/__init__.py' in names and 'vlu_cli/demo.py' in names, names
+    (entry_points, ) = [n for n in names if n.endswith('.dist-info/entry_points.txt')]
+    assert 'vlu = vlu_cli:main' in zipfile.ZipFile(wheel).read(entry_points).decode()
+    # unpacked (what `pip install` puts in site-packages), the demo finds its options inside the installed vlu_plugin
+    site = tmp_path / 'site'
+    zipfile.ZipFile(wheel).extractall(site)
+    found = subprocess.run([sys.executable, '-c', 'from vlu_cli.demo import OPTIONS_DIR; print(OPTIONS_DIR)'],
+                           env=dict(os.environ, PYTHONPATH=str(site)), cwd=tmp_path, capture_output=True, text=True,
+                           check=True).stdout.strip()
+    assert found == str(site / 'vlu_plugin' / 'options' / 'demo') and os.path.isfile(os.path.join(found, 'vlunet.yml'))

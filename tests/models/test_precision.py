@@ -194,7 +194,7 @@ def test_restore_precision_bf16_is_close_to_fp32(trained, tmp_path):
     import cv2
     from conftest import write_images
 
-    from vlu_plugin.cli import main
+    from vlu_cli import main
     write_images(tmp_path / 'in', 1, size=(24, 32))
     outputs = {}
     for name in ('fp32', 'bf16'):
@@ -209,7 +209,7 @@ def test_restore_precision_bf16_is_close_to_fp32(trained, tmp_path):
 def test_bench_prints_precision_and_the_airnet_reference(tmp_path, capsys):
     import csv
 
-    from vlu_plugin.cli import main
+    from vlu_cli import main
     out = tmp_path / 'bench.csv'
     assert main(['bench', '--quick', '--arch', 'AirNet', '--threads', '1', '--runs', '1', '--warmup', '0',
                  '--precision', 'bf16', '--no-backward', '--csv', str(out)]) == 0

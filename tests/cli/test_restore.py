@@ -10,9 +10,9 @@ import yaml
 import conftest
 from conftest import write_images
 
+from vlu_cli import main
 from vlu_plugin.archs.degradation_clip_arch import DegradationCLIP
 from vlu_plugin.archs.vlunet_arch import VLUNet
-from vlu_plugin.cli import main
 from vlu_plugin.tools.restorer import Restorer, resolve_options
 
 PROMPTS = ['image with noise', 'image with haze', 'image with rain']

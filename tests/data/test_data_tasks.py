@@ -75,7 +75,7 @@ def test_the_release_prompts_have_one_source():
     from vlu_plugin.archs.degradation_clip_arch import RELEASE_PROMPTS
     from vlu_plugin.utils.options_check import load_option_file
     assert list(RELEASE_PROMPTS) == PROMPTS
-    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    from conftest import REPO as root
     listed = {}
     for path in glob.glob(osp.join(root, 'options', '**', '*.yml'), recursive=True) + \
             glob.glob(osp.join(root, 'vlu_plugin', 'options', '**', '*.yml'), recursive=True):

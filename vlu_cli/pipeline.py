@@ -8,9 +8,11 @@ PIPELINES = {
 
 
 def add_parser(subparsers):
-    """Register `train` and `test`; their arguments are BasicSR's."""
+    """Register `train` and `test`; their arguments are BasicSR's (only `--help` is answered by `vlu` itself)."""
     for name, help_text in PIPELINES.items():
-        subparsers.add_parser(name, help=help_text, add_help=False)
+        subparsers.add_parser(name, help=help_text, usage=f'vlu {name} -opt X.yml [BasicSR flags]',
+                              description=f'{help_text}, with the plugin\'s fixes (vlu_plugin.patch_basicsr()). '
+                                          'Every other flag goes to BasicSR\'s parser untouched.')
     return list(PIPELINES)
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import vlu_plugin  # noqa: F401  (shims before basicsr)
+from vlu_cli import main
 from basicsr.data import build_dataset
 from basicsr.data.data_util import paths_from_lmdb
-from vlu_plugin.cli import main
 from vlu_plugin.data.synthetic_benchmark import TEST_IMAGES, TRAIN_IMAGES
 
 # A miniature of every public layout the 5-task preset reads (datasets/README.md), one pair each

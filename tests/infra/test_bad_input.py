@@ -2,9 +2,9 @@
 failed rebuild or overwrite leaves what was written before intact. Odd but valid inputs (grey, alpha,
 16-bit, palette images; crops that are not multiples of 8) are converted or accepted, not rejected.
 
-Further `bad_input` cases live beside the code they test: tests/test_data_dataset.py (missing clean
+Further `bad_input` cases live beside the code they test: tests/data/test_data_dataset.py (missing clean
 partner, LMDB without a partner, size mismatch, undecodable file, image smaller than gt_size, empty
-folder, unknown task and misspelled dataset keys, option values) and tests/test_data_tasks.py.
+folder, unknown task and misspelled dataset keys, option values) and tests/data/test_data_tasks.py.
 Everything here runs in-process on images of 16 to 64 pixels.
 """
 import argparse
@@ -135,7 +135,7 @@ def test_bad_input_truncated_png_keeps_the_existing_lmdb(tmp_path):
 
 
 def test_bad_input_prepare_lmdb_of_a_non_image_or_an_empty_folder(tmp_path, capsys):
-    from vlu_plugin.cli import main
+    from vlu_cli import main
     pairs(tmp_path)
     target = str(tmp_path / 'gt.lmdb')
     assert main(['prepare', 'lmdb', str(tmp_path / 'gt'), target]) == 0
@@ -443,7 +443,7 @@ def test_bad_input_damaged_pretrain_network_g(tmp_path):
 
 
 def test_bad_input_convert_or_load_a_missing_checkpoint(tmp_path, capsys, monkeypatch):
-    from vlu_plugin.cli import main
+    from vlu_cli import main
     with pytest.raises(FileNotFoundError, match=r'checkpoint not found: .*never_written\.pth'):
         load_checkpoint(tmp_path / 'never_written.pth')
     out = tmp_path / 'airnet.pth'

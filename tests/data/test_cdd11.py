@@ -13,14 +13,14 @@ import yaml
 
 import vlu_plugin  # noqa: F401  (shims before basicsr)
 from basicsr.data import build_dataset
-from conftest import run_vlu
-from vlu_plugin.cli import main
-from vlu_plugin.cli.prepare import PRESET_NAMES
+from conftest import REPO, run_vlu
+from vlu_cli import main
+from vlu_cli.prepare import PRESET_NAMES
 from vlu_plugin.data.tasks import (ATOMIC, CDD11_PROMPTS, CDD11_SUBSETS, CDD11_TASKS, PRESETS, get_task,
                                    label_space_of, resolve_tasks)
 from vlu_plugin.utils.options_check import load_option_file
 
-OPTIONS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'options')
+OPTIONS = osp.join(REPO, 'options')
 MODELS = ('VLUNet', 'PromptIR', 'AirNet', 'AdaIR', 'MoCEIR')
 TINY_CLIP = {'embed_dim': 32, 'vision_cfg': {'image_size': 32, 'patch_size': 16, 'width': 32, 'layers': 1,
                                              'head_width': 16},

@@ -16,7 +16,7 @@ from vlu_plugin.archs.degradation_clip_arch import DegradationCLIP, cached_pretr
 from vlu_plugin.utils.checkpoints import convert_official  # noqa: E402
 from vlu_plugin.models.degradation_clip_model import read_degradation_clip_weights  # noqa: E402
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+from conftest import TESTS as TESTS_DIR  # noqa: E402  (toy_degradation_data lives there)
 from conftest import TINY_CLIP  # noqa: E402  (the shared tiny CLIP; other test modules import it from here too)
 
 
@@ -204,7 +204,7 @@ sys.path.insert(0, {tests!r})
 import vlu_plugin  # noqa: F401
 import toy_degradation_data
 toy_degradation_data.register()
-from vlu_plugin.cli import main
+from vlu_cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

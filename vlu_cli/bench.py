@@ -12,10 +12,6 @@ shape whose training images/s (batch / fwd+bwd time, the `img/s` column) users c
 import contextlib
 import csv
 
-import torch
-
-from vlu_plugin.utils.errors import UserError
-
 ARCHS = ('VLUNet', 'PromptIR', 'AirNet', 'AdaIR', 'MoCEIR')
 RELEASE = 'VLUNet (release)'
 QUICK = dict(size=16, runs=2, warmup=1)
@@ -52,6 +48,7 @@ def add_parser(subparsers):
 
 def devices(choice):
     """The torch devices to measure on."""
+    import torch
     if choice == 'cpu' or (choice == 'auto' and not torch.cuda.is_available()):
         return [torch.device('cpu')]
     if choice == 'cuda':
@@ -105,6 +102,8 @@ def bench(archs, size, batch, settings, device_choice='auto', reference=None, ba
 
     `size`/`batch` None take the per-device defaults (CUDA: 128 and 8; elsewhere settings['size'] and 1).
     """
+    import torch
+
     from vlu_plugin.tools import benchmark as bm
     from vlu_plugin.utils import precision as amp
     dtype = amp.PRECISIONS[precision]
@@ -181,6 +180,9 @@ def write_csv(rows, path):
 
 def run(args):
     """Run `vlu bench`."""
+    import torch
+
+    from vlu_plugin.utils.errors import UserError
     archs = [a.strip() for a in args.arch.split(',') if a.strip()]
     unknown = [a for a in archs if a not in ARCHS]
     if unknown or not archs:

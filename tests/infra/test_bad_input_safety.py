@@ -21,11 +21,12 @@ import pytest
 import torch
 import yaml
 
+from conftest import REPO
 from test_bad_input import snapshot
 from test_restore import trained  # noqa: F401  (the tiny VLU-Net + CLIP fixture)
 from test_train_pipeline import paired_options
+from vlu_cli import main
 from vlu_plugin.utils import experiment_lock, patches
-from vlu_plugin.cli import main
 from vlu_plugin.utils.errors import UserError
 from vlu_plugin.utils.options_check import apply_force_yml, load_option_file, validate_options
 
@@ -275,7 +276,7 @@ def test_safety_restore_on_a_full_disk_cleans_up_and_keeps_the_record(trained, t
 # ---- 8. named pipes --------------------------------------------------------------------------------------
 @pytest.mark.skipif(not hasattr(os, 'mkfifo'), reason='no named pipes here')
 def test_safety_a_named_pipe_is_not_an_image(tmp_path, monkeypatch, capsys):
-    from vlu_plugin.cli.restore import list_inputs
+    from vlu_cli.restore import list_inputs
     from vlu_plugin.data.image_io import list_images, read_image
     folder = tmp_path / 'in'
     folder.mkdir()
@@ -294,7 +295,7 @@ def test_safety_a_named_pipe_is_not_an_image(tmp_path, monkeypatch, capsys):
 def test_safety_exif_orientation_is_applied_on_read(tmp_path):
     from PIL import Image
 
-    from vlu_plugin.cli.restore import read_input
+    from vlu_cli.restore import read_input
     from vlu_plugin.data.image_io import read_image
     stored = np.zeros((16, 32, 3), np.uint8)  # landscape as stored, a red top-left corner
     stored[:4, :4] = (255, 0, 0)
@@ -507,7 +508,7 @@ def test_bad_input_restore(trained, tmp_path, monkeypatch, capsys, case):
 
 
 def test_bad_input_restore_names_skipped_files_and_ignores_its_own_outputs(tmp_path, capsys):
-    from vlu_plugin.cli.restore import list_inputs
+    from vlu_cli.restore import list_inputs
     folder = tmp_path / 'in'
     folder.mkdir()
     cv2.imwrite(str(folder / 'a.png'), np.zeros((8, 8, 3), np.uint8))
@@ -551,7 +552,7 @@ def test_bad_input_prepare_and_bench(tmp_path, monkeypatch, capsys, case):
 # ---- every shipped option file passes the checks ---------------------------------------------------------
 def test_safety_shipped_option_files_pass_validation(monkeypatch):
     import glob
-    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'options')
+    root = os.path.join(REPO, 'options')
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     files = sorted(glob.glob(os.path.join(root, 'demo', '*.yml'))
                    + [f for phase in ('train', 'test') for f in glob.glob(os.path.join(root, phase, '*', '*.yml'))])

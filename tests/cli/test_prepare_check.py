@@ -4,7 +4,7 @@ import os
 import cv2
 import numpy as np
 
-from vlu_plugin.cli import main
+from vlu_cli import main
 
 
 def write(path, size=(40, 48), seed=0):

@@ -9,11 +9,12 @@ import yaml
 from basicsr.archs import build_network
 from basicsr.utils.options import ordered_yaml
 from basicsr.utils.registry import DATASET_REGISTRY, MODEL_REGISTRY
+from conftest import REPO
 
-from vlu_plugin.cli.demo import OPTIONS_DIR as DEMO_OPTIONS_DIR  # shipped inside the package
+from vlu_cli.demo import OPTIONS_DIR as DEMO_OPTIONS_DIR  # shipped inside the package
 from vlu_plugin.data.tasks import DATASET_KEYS, check_keys
 
-ROOT = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'options')
+ROOT = osp.join(REPO, 'options')
 FULL_SIZE = {'VLUNet': 35_342_660, 'PromptIR': 35_376_967, 'AirNet': 8_930_313, 'AdaIR': 28_766_086,
              'MoCEIR': 25_353_796}
 FULL_SIZE_CDD11 = dict(FULL_SIZE, VLUNet=37_319_012)  # one prompt-bank entry per CDD-11 subset (de_dim 11)

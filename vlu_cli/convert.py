@@ -9,9 +9,6 @@ Checkpoints that need pickled Python objects are refused unless `--trust` is giv
 """
 import os.path as osp
 
-from vlu_plugin.utils.checkpoints import convert_official, guess_network, key_match, load_checkpoint, save_checkpoint
-from vlu_plugin.utils.errors import UserError
-
 # kind → (convert_official's arch name, what the release calls the file)
 KINDS = {
     'vlunet': ('VLUNet', "VLU-Net's Lightning checkpoint (.ckpt)"),
@@ -46,6 +43,7 @@ def clip_adapters_path(out):
 
 def write_state(state, out):
     """Save a state dict as BasicSR's `{'params': ...}`, or flat when `out` is .safetensors."""
+    from vlu_plugin.utils.checkpoints import save_checkpoint
     if out.endswith('.safetensors'):
         return save_checkpoint(state, out)
     return save_checkpoint({'params': state}, out)
@@ -68,6 +66,8 @@ def check_against_default(arch_name, state):
 
 def check_network(kind, path, ckpt, state):
     """Refuse a conversion whose keys mostly have no place in the target network, naming what it looks like."""
+    from vlu_plugin.utils.checkpoints import guess_network, key_match
+    from vlu_plugin.utils.errors import UserError
     arch_name = KINDS[kind][0]
     if arch_name == 'DegradationCLIP':  # convert_official kept only adapter keys, or refused
         return
@@ -85,6 +85,7 @@ def check_network(kind, path, ckpt, state):
 
 def convert(kind, checkpoint, out, trust=False):
     """Convert `checkpoint` of `kind`; returns [(path written, note)]."""
+    from vlu_plugin.utils.checkpoints import convert_official, load_checkpoint
     arch_name = KINDS[kind][0]
     ckpt = load_checkpoint(checkpoint, trust=trust)
     state = {k: v.detach().clone().contiguous() for k, v in convert_official(arch_name, ckpt).items()}
@@ -102,6 +103,7 @@ def convert(kind, checkpoint, out, trust=False):
 
 def run(args):
     """Run `vlu convert`."""
+    from vlu_plugin.utils.errors import UserError
     try:
         written = convert(args.kind, args.checkpoint, args.out, args.trust)
     except UserError:

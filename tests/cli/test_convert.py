@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from test_vlunet_arch import TO_RELEASE
+from vlu_cli import main
+from vlu_cli.convert import clip_adapters_path, convert
 from vlu_plugin.archs.airnet_arch import AirNet
 from vlu_plugin.archs.promptir_arch import PromptIR
 from vlu_plugin.archs.vlunet_arch import VLUNet
 from vlu_plugin.utils.checkpoints import load_checkpoint
-from vlu_plugin.cli import main
-from vlu_plugin.cli.convert import clip_adapters_path, convert
 
 VLUNET_SMALL = dict(dim=16, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, clip_dim=32)
 PROMPTIR_SMALL = dict(dim=16, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, prompt_sizes=(16, 8, 4))
@@ -125,23 +125,19 @@ def test_promptir_lightning_checkpoint(tmp_path):
     assert outputs_equal(net, load_params(out), PromptIR, PROMPTIR_SMALL, torch.rand(1, 3, 32, 24))
 
 
-def test_airnet_plain_state_dict(tmp_path):
-    net = randomised(AirNet(**AIRNET_SMALL))
-    src = tmp_path / 'All.pth'
-    torch.save(net.state_dict(), src)
-    out = tmp_path / 'airnet.pth'
-    convert('airnet', str(src), str(out))
-    assert outputs_equal(net, load_params(out), AirNet, AIRNET_SMALL, torch.rand(1, 3, 24, 24))
-
-
-def test_safetensors_input(tmp_path):
+@pytest.mark.parametrize('name, size', [('All.pth', 24), ('All.safetensors', 16)])
+def test_airnet_plain_state_dict(tmp_path, name, size):
+    """The release's plain AirNet state dict converts from .pth and from .safetensors alike."""
     from safetensors.torch import save_file
     net = randomised(AirNet(**AIRNET_SMALL))
-    src = tmp_path / 'All.safetensors'
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(src))
+    src = tmp_path / name
+    if name.endswith('.safetensors'):
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(src))
+    else:
+        torch.save(net.state_dict(), src)
     out = tmp_path / 'airnet.pth'
     convert('airnet', str(src), str(out))
-    assert outputs_equal(net, load_params(out), AirNet, AIRNET_SMALL, torch.rand(1, 3, 16, 16))
+    assert outputs_equal(net, load_params(out), AirNet, AIRNET_SMALL, torch.rand(1, 3, size, size))
 
 
 def test_pickled_object_refused_unless_trusted(tmp_path):

@@ -1,17 +1,21 @@
 """The package's layering, read from its source with ast (every import, also those inside functions):
 archs and data never import models, tools or the CLI; utils imports none of archs, data, models, tools or the CLI
-at module level; nothing outside the CLI imports it; and the modules import one another without a circle."""
+at module level; nothing outside the CLI (the top-level package vlu_cli) imports it, and it imports vlu_plugin only
+inside functions (after parsing); and the modules import one another without a circle."""
 import ast
 import os
 import os.path as osp
 
-PACKAGE = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'vlu_plugin')
+from conftest import REPO
+
+PACKAGE = osp.join(REPO, 'vlu_plugin')
+CLI = osp.join(REPO, 'vlu_cli')
 
 
 def module_imports():
-    """{module: [(imported vlu_plugin module, at module level?)]} for every module of the package."""
+    """{module: [(imported vlu_plugin or vlu_cli module, at module level?)]} for every module of both packages."""
     found = {}
-    for folder, _, files in os.walk(PACKAGE):
+    for folder, _, files in [walked for package in (PACKAGE, CLI) for walked in os.walk(package)]:
         for name in files:
             if not name.endswith('.py'):
                 continue
@@ -28,7 +32,7 @@ def module_imports():
                     targets = [f'{node.module}.{a.name}' for a in node.names]
                 else:
                     continue
-                imports += [(t, id(node) in top) for t in targets if t.split('.')[0] == 'vlu_plugin']
+                imports += [(t, id(node) in top) for t in targets if t.split('.')[0] in ('vlu_plugin', 'vlu_cli')]
             found[module] = imports
     return found
 
@@ -42,6 +46,8 @@ def resolve(target, modules):
 
 def layer(module):
     """'archs', 'data', 'models', 'utils', 'tools', 'cli', ... or 'root' for the package's own modules."""
+    if module.split('.')[0] == 'vlu_cli':
+        return 'cli'
     parts = module.split('.')
     return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in ('archs', 'data', 'models', 'utils',
                                                                          'tools', 'cli', 'losses', 'metrics')) \
@@ -51,6 +57,7 @@ def layer(module):
 def test_layers_import_only_downwards():
     imports = module_imports()
     assert 'vlu_plugin.utils.patches' in imports and 'vlu_plugin.tools.restorer' in imports
+    assert 'vlu_cli.restore' in imports and 'vlu_cli' in imports
     wrong = []
     for module, targets in imports.items():
         for target, at_top in targets:
@@ -58,6 +65,8 @@ def test_layers_import_only_downwards():
             src, dst = layer(module), layer(target)
             if dst == 'cli' and src != 'cli':
                 wrong.append(f'{module} imports the CLI ({target})')
+            if src == 'cli' and dst != 'cli' and at_top:  # `vlu --help` must not wait for torch and BasicSR
+                wrong.append(f'{module} (CLI) imports {target} at module level')
             if src in ('archs', 'data') and dst in ('models', 'tools', 'cli'):
                 wrong.append(f'{module} ({src}) imports {target}')
             if src == 'utils' and at_top and dst in ('archs', 'data', 'models', 'tools', 'cli', 'losses', 'metrics'):

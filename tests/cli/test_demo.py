@@ -10,9 +10,9 @@ import cv2
 import pytest
 
 import vlu_plugin  # noqa: F401  (shims before basicsr)
+from vlu_cli import demo
 from basicsr.archs import build_network
 from conftest import run_vlu
-from vlu_plugin.cli import demo
 from vlu_plugin.utils.errors import UserError
 
 MODELS = ('VLUNet', 'PromptIR', 'AirNet')

@@ -2,9 +2,15 @@
 
 Each module defines `add_parser(subparsers)`, returning the name (or names) it registered, and either
 `run(args)` or, for commands that hand their flags to BasicSR untouched, `run_argv(name, argv)`.
+A module imports only the standard library at module level: `vlu --help` and `vlu <command> --help` parse
+without torch, BasicSR or CLIP; `main` imports `vlu_plugin` (the BasicSR shim and the registration) after
+parsing, and each command imports what it runs on inside `run`.
 A `UserError` raised by any of them is printed as `vlu <command>: error: <message>` on stderr, exit status 2
 (set VLU_TRACEBACK=1 for the traceback), as argparse reports a bad flag. A command that ran but could not
 do all of its inputs (unreadable images, unusable data sets) says so and exits 1.
+
+The CLI is its own top-level package, not `vlu_plugin.cli`: importing any module of `vlu_plugin` runs the
+package's `__init__`, which registers everything with BasicSR (and so imports torch).
 """
 import argparse
 import importlib
@@ -22,8 +28,6 @@ def _subcommand_modules():
 
 def main(argv=None):
     """Entry point of the `vlu` console script."""
-    import vlu_plugin  # noqa: F401  (shims and registration before BasicSR is used)
-
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog='vlu', description='VLU-Net and all-in-one baselines on BasicSR.')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
@@ -32,16 +36,23 @@ def main(argv=None):
         names = module.add_parser(sub)
         for name in [names] if isinstance(names, str) else names:
             modules[name] = module
-    from vlu_plugin.utils.errors import UserError
     command = argv[0] if argv else 'vlu'
-    try:
-        if argv and hasattr(modules.get(argv[0]), 'run_argv'):
-            return modules[argv[0]].run_argv(argv[0], argv[1:])
-        args = parser.parse_args(argv)
+    # `vlu train --help` is answered by argparse: BasicSR's parser would first import torch and BasicSR
+    if argv and hasattr(modules.get(argv[0]), 'run_argv') and not {'-h', '--help'} & set(argv[1:]):
+        def execute():
+            return modules[command].run_argv(command, argv[1:])
+    else:
+        args = parser.parse_args(argv)  # --help and bad flags end here, before anything heavy is imported
         # a command's own subcommand (`vlu prepare lmdb`) is part of its name in messages
         command = ' '.join([args.command] + [str(v) for k, v in sorted(vars(args).items())
                                              if k.endswith('_command') and v])
-        return modules[args.command].run(args)
+
+        def execute():
+            return modules[args.command].run(args)
+    import vlu_plugin  # noqa: F401  (shims and registration before BasicSR is used)
+    from vlu_plugin.utils.errors import UserError
+    try:
+        return execute()
     except UserError as error:
         # the one place user errors are reported: like argparse's, on stderr with status 2
         if os.environ.get('VLU_TRACEBACK'):

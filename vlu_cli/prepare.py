@@ -9,8 +9,6 @@ import os
 import os.path as osp
 import sys
 
-from vlu_plugin.utils.errors import UserError
-
 LIST_EXAMPLES = 10  # missing partners named in the report per set
 PRESET_NAMES = ('3task', '5task', 'cdd11')  # = tasks.PRESETS (a test keeps them equal); no import at parse time
 SIZES = (32, 300)  # crop sizes: the degradations need 32 px; the smallest bundled photo is 300 px high
@@ -30,6 +28,7 @@ def _crop_size(text):
 
 def _not_a_file(path, what):
     """Refuse an output path that exists as a file (a folder is expected there)."""
+    from vlu_plugin.utils.errors import UserError
     if osp.exists(path) and not osp.isdir(path):
         raise UserError(f'{what} {path}: exists and is not a folder; remove it or choose another path')
 
@@ -64,6 +63,7 @@ def add_parser(subparsers):
 
 def run(args):
     """Run the chosen `prepare` command; a bad folder or list is a UserError (`vlu prepare <cmd>: error:`, exit 2)."""
+    from vlu_plugin.utils.errors import UserError
     commands = {'synthetic': run_synthetic, 'lmdb': run_lmdb, 'lists': run_lists, 'check': run_check}
     try:
         return commands[args.prepare_command](args)

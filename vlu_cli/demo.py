@@ -11,6 +11,7 @@ checkpoint.
 import argparse
 import copy
 import csv
+import importlib.util
 import os
 import os.path as osp
 import re
@@ -21,9 +22,8 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-from vlu_plugin.utils.errors import UserError
-
-OPTIONS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'options', 'demo')
+# shipped inside vlu_plugin (package data); found without importing it, which would import torch and BasicSR
+OPTIONS_DIR = osp.join(importlib.util.find_spec('vlu_plugin').submodule_search_locations[0], 'options', 'demo')
 MODELS = ('vlunet', 'promptir', 'airnet', 'adair', 'moceir')  # option files in OPTIONS_DIR, in the report's order
 DEFAULT_MODELS = MODELS[:3]  # AdaIR and MoCE-IR only on request (`--models`): the 15-minute budget holds three
 # Stages start in this order when their inputs are ready: the longest training first (an AirNet step costs
@@ -193,6 +193,7 @@ def plan(args):
     clip['logger'].update(save_checkpoint_freq=clip_iters, print_freq=max(1, min(20, clip_iters // 20)))
     clip_stage = Stage('fine-tune the degradation CLIP', 'train', clip,
                        f'experiments/{clip["name"]}/models/net_clip_latest.pth', clip_iters)
+    from vlu_plugin.utils.errors import UserError
     models = args.models
     if args.ablations and 'vlunet' not in models:
         raise UserError('--ablations trains VLU-Net variants: keep vlunet in --models')
@@ -257,6 +258,7 @@ def run(args):
     """Run every stage, then print the table and write the report."""
     from vlu_plugin.data.synthetic_benchmark import build_synthetic_benchmark
     from vlu_plugin.tools.report import build_report
+    from vlu_plugin.utils.errors import UserError
     if args.jobs < 1 or args.threads < 1:
         raise UserError(f'--jobs and --threads must be at least 1 (got {args.jobs}, {args.threads})')
     start = time.time()

@@ -14,11 +14,11 @@ from basicsr.losses import build_loss
 from basicsr.models import build_model
 from conftest import write_images
 
+from vlu_cli import main
+from vlu_cli.convert import convert
 from vlu_plugin.archs.adair_arch import AdaIR
 from vlu_plugin.archs.moceir_arch import MoCEIR
 from vlu_plugin.utils.checkpoints import convert_official, load_checkpoint
-from vlu_plugin.cli import main
-from vlu_plugin.cli.convert import convert
 from vlu_plugin.losses.moceir_loss import MoCERoutingLoss
 
 ADAIR_SMALL = dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1)

@@ -14,12 +14,6 @@ import os
 import os.path as osp
 import sys
 
-import numpy as np
-import torch
-
-from vlu_plugin.utils.errors import UserError
-from vlu_plugin.utils.atomic import atomic_write
-
 TOP_K = 3
 
 
@@ -76,6 +70,7 @@ def read_input(path):
 def encode_like(rgb, fmt, ext):
     """Encode float RGB in [0, 1] as `ext` with the input's sample type, channel count and alpha."""
     import cv2
+    import numpy as np
     dtype, channels, alpha = fmt
     img = np.ascontiguousarray(rgb[:, :, ::-1])
     if channels in (1, 2):
@@ -105,6 +100,7 @@ def list_inputs(src, output=None):
     its own outputs. Non-images are named on stdout, not silently passed over.
     """
     from vlu_plugin.data.image_io import is_image_file, list_images
+    from vlu_plugin.utils.errors import UserError
     if osp.exists(src) and not osp.isdir(src) and not osp.isfile(src):
         raise UserError(f'input {src}: not a regular file or a folder')
     if osp.isfile(src):
@@ -132,6 +128,7 @@ def list_inputs(src, output=None):
 def peak_memory_note(device):
     """'; peak RSS N MiB' for the process on CPU ('; peak GPU memory N MiB' on CUDA), or '' if unknown."""
     if device.type == 'cuda':
+        import torch
         return f'; peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB'
     from vlu_plugin.utils.memory import current_peak_rss_mb
     peak = current_peak_rss_mb()
@@ -142,6 +139,7 @@ def describe(probs, prompts):
     """'prompt p, prompt p, ...' for the top degradations."""
     if probs is None:
         return 'no degradation CLIP'
+    import torch
     top = torch.topk(probs, min(TOP_K, probs.numel()))
     return ', '.join(f'{prompts[i]} {p:.2f}' for p, i in zip(top.values.tolist(), top.indices.tolist()))
 
@@ -149,6 +147,8 @@ def describe(probs, prompts):
 def run(args):
     """Run `vlu restore`."""
     from vlu_plugin.tools.restorer import Restorer, inference_options
+    from vlu_plugin.utils.atomic import atomic_write
+    from vlu_plugin.utils.errors import UserError
     if args.tile and args.tile_overlap >= args.tile:
         raise UserError(f'--tile-overlap {args.tile_overlap} must be smaller than --tile {args.tile}')
     if osp.exists(args.output) and not osp.isdir(args.output):
@@ -198,6 +198,9 @@ def _csv_text(rows):
 def restore_all(restorer, inputs, args, rows, skipped):
     """Restore each input into args.output, appending detections to `rows` and unreadable inputs to `skipped`."""
     from tqdm import tqdm
+
+    from vlu_plugin.utils.atomic import atomic_write
+    from vlu_plugin.utils.errors import UserError
     prompts = restorer.prompts
     for path, rel in tqdm(inputs, unit='img', dynamic_ncols=True):
         try:

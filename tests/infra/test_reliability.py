@@ -91,10 +91,13 @@ def test_ddp_two_processes_on_cpu_keep_identical_weights(image_pairs):
     opt['find_unused_parameters'] = True
     (root / 'launch.py').write_text(LAUNCHER)
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29533',
+    # --standalone: the rendezvous takes a free port, so a port held by another run cannot break this one
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
                            'launch.py', '-opt', write_options(root / 'ddp.yml', opt), '--launcher', 'pytorch'],
                           cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-4000:]
+    # one rank's failure shows in the other as a reset connection: keep rank 0's lines in the message too
+    rank0 = '\n'.join(line for line in proc.stdout.splitlines() if line.startswith('[rank0]'))
+    assert proc.returncode == 0, rank0[-3000:] + '\n...\n' + proc.stdout[-4000:]
     log = read_log(root / 'experiments' / 'ddp')
     assert 'world_size: 2' in log
     assert 'Validation pairs_val' in log

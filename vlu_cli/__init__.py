@@ -13,6 +13,7 @@ The CLI is its own top-level package, not `vlu_plugin.cli`: importing any module
 package's `__init__`, which registers everything with BasicSR (and so imports torch).
 """
 import argparse
+import functools
 import importlib
 import os
 import pkgutil
@@ -39,16 +40,13 @@ def main(argv=None):
     command = argv[0] if argv else 'vlu'
     # `vlu train --help` is answered by argparse: BasicSR's parser would first import torch and BasicSR
     if argv and hasattr(modules.get(argv[0]), 'run_argv') and not {'-h', '--help'} & set(argv[1:]):
-        def execute():
-            return modules[command].run_argv(command, argv[1:])
+        execute = functools.partial(modules[command].run_argv, command, argv[1:])
     else:
         args = parser.parse_args(argv)  # --help and bad flags end here, before anything heavy is imported
         # a command's own subcommand (`vlu prepare lmdb`) is part of its name in messages
         command = ' '.join([args.command] + [str(v) for k, v in sorted(vars(args).items())
                                              if k.endswith('_command') and v])
-
-        def execute():
-            return modules[args.command].run(args)
+        execute = functools.partial(modules[args.command].run, args)
     import vlu_plugin  # noqa: F401  (shims and registration before BasicSR is used)
     from vlu_plugin.utils.errors import UserError
     try:

@@ -5,6 +5,7 @@
   vlu prepare lists --root datasets --preset 3task|5task|cdd11 [--out DIR]
   vlu prepare check --root datasets --preset 3task|5task|cdd11 [--meta-info DIR]
 """
+import argparse
 import os
 import os.path as osp
 import sys
@@ -16,7 +17,6 @@ SIZES = (32, 300)  # crop sizes: the degradations need 32 px; the smallest bundl
 
 def _crop_size(text):
     """argparse type of `synthetic --size`: checked at parse time."""
-    import argparse
     try:
         size = int(text)
     except ValueError:

@@ -9,7 +9,9 @@ the input's file format, bit depth (16-bit stays 16-bit), grey/colour and alpha.
 than one tile this comes from one extra untiled pass on the image shrunk to fit the tile.
 Unreadable inputs are reported and skipped; the exit status is then 1.
 """
+import argparse
 import csv
+import io
 import os
 import os.path as osp
 import sys
@@ -38,8 +40,6 @@ def add_parser(subparsers):
 
 def _count(flag):
     """An argparse type: a whole number >= 0, refused at parse time with the flag's name."""
-    import argparse
-
     def parse(text):
         try:
             value = int(text)
@@ -189,7 +189,6 @@ def run(args):
 
 def _csv_text(rows):
     """CSV bytes of `rows`."""
-    import io
     text = io.StringIO()
     csv.writer(text).writerows(rows)
     return text.getvalue().encode()

@@ -90,6 +90,10 @@ def scale_schedule(opt, iters, validations=2):
     if 'scheduler' in train:
         train['scheduler']['periods'] = [iters]
     train['warmup_iter'] = -1 if iters < 40 else max(1, iters // 20)
+    phases = opt['datasets']['train'].get('iters')
+    if phases:  # progressive learning: the same fractions of the run, the last phase takes the rounding
+        scaled = [max(1, round(p * iters / sum(phases))) for p in phases[:-1]]
+        opt['datasets']['train']['iters'] = scaled + [max(1, iters - sum(scaled))]
     if 'encoder_warmup_iter' in train:
         train['encoder_warmup_iter'] = max(1, iters // 10)  # AirNet: 10 % as in the release
     # `validations` in all for the curves: BasicSR validates once more after the last iteration, so

@@ -13,6 +13,7 @@ import vlu_plugin  # noqa: F401  (shims before basicsr)
 from vlu_cli import demo
 from basicsr.archs import build_network
 from conftest import run_vlu
+from vlu_plugin.models.progressive import KEYS as PROGRESSIVE_KEYS
 from vlu_plugin.utils.errors import UserError
 
 MODELS = ('VLUNet', 'PromptIR', 'AirNet')
@@ -58,6 +59,11 @@ def test_demo_plan_starts_the_longest_training_first_and_validates_twice():
         val_freq = opt['val']['val_freq']
         # one validation inside the run, one by BasicSR after the last iteration
         assert opt['train']['total_iter'] == iters and iters // val_freq == 1, (opt['name'], val_freq)
+    # one progressive-learning schedule for all, its phases scaled to the run
+    schedules = {tuple(tuple(o['datasets']['train'][k]) for k in PROGRESSIVE_KEYS) for o in trained}
+    assert len(schedules) == 1 and sum(schedules.pop()[0]) == iters
+    quick = demo.scale_schedule(demo.load_options('vlunet'), 3)['datasets']['train']
+    assert quick['iters'] == [2, 1]  # two thirds and one third of three iterations
 
 
 def test_demo_models_share_one_parameter_budget_and_the_clip_runs_only_when_needed():

@@ -22,6 +22,8 @@ from vlu_plugin.models.all_in_one_model import AllInOneModel
 class AirNetModel(AllInOneModel):
     """AirNet's encoder warm-up, then L1 + 0.1·InfoNCE, on BasicSR's training loop."""
 
+    SPATIAL_VIEWS = AllInOneModel.SPATIAL_VIEWS + ('lq_key', )
+
     def init_training_settings(self):
         train_opt = self.opt['train']
         self.encoder_warmup_iter = int(train_opt.get('encoder_warmup_iter', 0))

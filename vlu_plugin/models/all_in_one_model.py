@@ -8,7 +8,9 @@
   `degradation_predictions.csv` next to the log;
 - `val.crop_to_multiple: 16` reproduces the papers' protocol of centre-cropping lq and gt;
   `val.tile: {size, overlap}` bounds memory on large images;
-- `train.amp`, `val.precision` and `train.compile` / `network_g.compile` (see vlu_plugin.utils.precision).
+- `train.amp`, `val.precision` and `train.compile` / `network_g.compile` (see vlu_plugin.utils.precision);
+- Restormer's progressive learning (`datasets.train.iters / gt_sizes / mini_batch_sizes`, see
+  vlu_plugin.models.progressive).
 PromptIR trains with this model as it is (plain L1).
 """
 import os.path as osp
@@ -21,6 +23,7 @@ from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY
 
 from vlu_plugin.models.base import PluginModelMixin, check_network_options
+from vlu_plugin.models.progressive import ProgressivePatches
 from vlu_plugin.utils.precision import MixedPrecisionMixin, pop_compile_option
 from vlu_plugin.utils.tiling import tiled_forward
 from vlu_plugin.utils import records
@@ -38,6 +41,9 @@ class AllInOneModel(MixedPrecisionMixin, PluginModelMixin, SRModel):
     """SRModel plus conditioned restoration, per-degradation validation, paper metrics and tiling."""
 
     ACCURACY_METRIC = records.ACCURACY_METRIC
+    # what progressive learning cuts: image views to the phase's patch and batch, the rest to its batch
+    SPATIAL_VIEWS = ('lq', 'gt')
+    PER_SAMPLE = ('deg_label', 'batch_paths')
 
     def __init__(self, opt):
         self.compile_networks = pop_compile_option(opt, 'network_g')  # before SRModel builds network_g
@@ -45,9 +51,11 @@ class AllInOneModel(MixedPrecisionMixin, PluginModelMixin, SRModel):
         super().__init__(opt)
 
     def init_training_settings(self):
-        """SRModel's (losses, optimizers, schedulers, EMA), then `train.amp`."""
+        """SRModel's (losses, optimizers, schedulers, EMA), then `train.amp` and progressive learning."""
         super().init_training_settings()
         self.setup_precision()
+        self.progressive = ProgressivePatches.from_options(self.opt)
+        self._phase = None
 
     # ---- restoration -------------------------------------------------------------------------------
     def condition(self, lq):
@@ -108,7 +116,23 @@ class AllInOneModel(MixedPrecisionMixin, PluginModelMixin, SRModel):
         self.output = self.restore(self.net_g, self.lq)
         return self.compute_losses()
 
+    def cut_to_phase(self, current_iter):
+        """Progressive learning: the batch cut to this iteration's batch and patch size (nothing without it)."""
+        if self.progressive is None:
+            return
+        phase = self.progressive.phase(current_iter)
+        if phase != self._phase:
+            get_root_logger().info(f'progressive learning from iteration {current_iter}: batch {phase[0]}, '
+                                   f'{phase[1]}-px patches')
+            self._phase = phase
+        spatial = [name for name in self.SPATIAL_VIEWS if getattr(self, name, None) is not None]
+        cut, per_sample = self.progressive.cut(current_iter, [getattr(self, name) for name in spatial],
+                                               [getattr(self, name, None) for name in self.PER_SAMPLE])
+        for name, value in zip(spatial + list(self.PER_SAMPLE), cut + per_sample):
+            setattr(self, name, value)
+
     def optimize_parameters(self, current_iter):
+        self.cut_to_phase(current_iter)
         self.optimizer_g.zero_grad()
         with self.train_autocast():  # the forward, the conditioning and the losses; backward runs outside
             losses = self.training_losses(current_iter)

@@ -34,6 +34,7 @@ class VLUNetModel(AllInOneModel):
 
     CLIP_PATH_KEY = 'pretrain_network_degradation_clip'
     VECTORS = ('image', 'true_label')
+    PER_SAMPLE = AllInOneModel.PER_SAMPLE + ('lq_context', )  # the CLIP sees the whole context in every phase
 
     def __init__(self, opt):
         self.vector_source = opt.get('degradation_vector') or 'image'

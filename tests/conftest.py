@@ -1,6 +1,7 @@
-"""Shared test helpers: tiny generated images and running `vlu` in a subprocess.
+"""Shared test helpers: tiny generated images, running `vlu` in a subprocess, and the fixtures built once per run.
 
-BasicSR's logger is a per-process singleton, so whole pipelines run in subprocesses.
+BasicSR's logger is a per-process singleton, so whole pipelines run in subprocesses. Session-scoped fixtures
+(`trained`, `synthetic_benchmark`) are shared by every test that reads them: tests never write into them.
 """
 import os
 import signal
@@ -51,13 +52,22 @@ def write_images(folder, count, size=(48, 40), seed=0, prefix='img'):
     return paths
 
 
+def vlu_env(**extra):
+    """The environment every `vlu` subprocess runs in: unbuffered output, two OpenMP threads."""
+    return dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='2', **extra)
+
+
+def vlu_failure(args, proc):
+    """The AssertionError for a failed `vlu <args>`, with the end of its log."""
+    return AssertionError(f'vlu {" ".join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}')
+
+
 def run_vlu(args, cwd, timeout=240, check=True):
     """Run `python -m vlu_cli <args>` in `cwd`; returns the CompletedProcess (stdout+stderr merged)."""
-    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='2')
-    proc = subprocess.run([sys.executable, '-m', 'vlu_cli', *args], cwd=cwd, env=env, timeout=timeout,
+    proc = subprocess.run([sys.executable, '-m', 'vlu_cli', *args], cwd=cwd, env=vlu_env(), timeout=timeout,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if check and proc.returncode != 0:
-        raise AssertionError(f'vlu {" ".join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}')
+        raise vlu_failure(args, proc)
     return proc
 
 
@@ -84,15 +94,57 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def image_pairs(tmp_path):
-    """A handful of gt/lq PNG pairs (lq = gt plus noise) in tmp_path/{gt,lq}."""
+def write_image_pairs(root):
+    """A handful of gt/lq PNG pairs (lq = gt plus noise) in root/{gt,lq}; returns root."""
     import cv2
-    gt_paths = write_images(tmp_path / 'gt', 4)
+    gt_paths = write_images(root / 'gt', 4)
     rng = np.random.default_rng(1)
-    os.makedirs(tmp_path / 'lq', exist_ok=True)
+    os.makedirs(root / 'lq', exist_ok=True)
     for path in gt_paths:
         img = cv2.imread(path).astype(np.float64)
         noisy = np.clip(img + rng.normal(0, 15, img.shape), 0, 255).astype(np.uint8)
-        cv2.imwrite(str(tmp_path / 'lq' / os.path.basename(path)), noisy)
-    return tmp_path
+        cv2.imwrite(str(root / 'lq' / os.path.basename(path)), noisy)
+    return root
+
+
+@pytest.fixture
+def image_pairs(tmp_path):
+    """A handful of gt/lq PNG pairs (lq = gt plus noise) in tmp_path/{gt,lq}."""
+    return write_image_pairs(tmp_path)
+
+
+# ---- built once per test run and shared read-only ------------------------------------------------------------
+RESTORE_PROMPTS = ['image with noise', 'image with haze', 'image with rain']
+RESTORE_VLUNET = dict(TINY_VLUNET, de_dim=3, clip_dim=64)
+
+
+@pytest.fixture(scope='session')
+def trained(tmp_path_factory):
+    """Options for VLUNetModel with a tiny VLU-Net and a tiny CLIP (RESTORE_PROMPTS), their weight files
+    (`test.yml`, `net_g.pth`, `clip.pth`) in a temporary folder; read-only."""
+    from vlu_plugin.archs.degradation_clip_arch import DegradationCLIP
+    from vlu_plugin.archs.vlunet_arch import VLUNet
+    import yaml
+    root = tmp_path_factory.mktemp('restore')
+    torch.manual_seed(0)
+    clip = DegradationCLIP(prompts=RESTORE_PROMPTS, pretrained=None, clip_config=TINY_CLIP)
+    torch.save({'params': clip.learnable_state_dict()}, root / 'clip.pth')
+    net = VLUNet(**RESTORE_VLUNET)
+    torch.save({'params': net.state_dict()}, root / 'net_g.pth')
+    opt = {'name': 'tiny_restore', 'model_type': 'VLUNetModel', 'num_gpu': 'auto',
+           'network_g': {'type': 'VLUNet', **RESTORE_VLUNET},
+           'degradation_clip': {'type': 'DegradationCLIP', 'prompts': RESTORE_PROMPTS, 'pretrained': None,
+                                'clip_config': TINY_CLIP},
+           'path': {'pretrain_network_g': str(root / 'net_g.pth'), 'pretrain_network_degradation_clip': None}}
+    (root / 'test.yml').write_text(yaml.safe_dump(opt))
+    return root
+
+
+@pytest.fixture(scope='session')
+def synthetic_benchmark(tmp_path_factory):
+    """The quick 64-px embedded benchmark (3 whole training photos, 3 test crops per task), as a path string;
+    read-only (the tests of building it build their own)."""
+    from vlu_plugin.data.synthetic_benchmark import build_synthetic_benchmark
+    root = tmp_path_factory.mktemp('data') / 'synthetic'
+    build_synthetic_benchmark(str(root), size=64, quick=True, progress=False)
+    return str(root)

@@ -4,6 +4,7 @@ BasicSR's logger is a per-process singleton, so whole pipelines run in subproces
 (`trained`, `synthetic_benchmark`) are shared by every test that reads them: tests never write into them.
 """
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -148,3 +149,93 @@ def synthetic_benchmark(tmp_path_factory):
     root = tmp_path_factory.mktemp('data') / 'synthetic'
     build_synthetic_benchmark(str(root), size=64, quick=True, progress=False)
     return str(root)
+
+
+# ---- slow `vlu` runs started in the background at the start of the session -----------------------------------
+# Most of the suite keeps one core busy; a whole `vlu demo` is mostly process start-up (about 9 interpreters
+# importing torch and BasicSR), so it runs beside the other tests on the second core, and the test reading it goes
+# last so that it finds the run finished instead of waiting for it.
+# the fewest iterations that run every phase: AirNet's encoder warm-up (its first iteration) and then the whole
+# network; one CLIP step. The stages' cost is their start-up: 3 iterations cost the same CPU time as 1.
+DEMO_ARGS = ['demo', '--quick', '--iters', '2', '--clip-iters', '1', '--out', 'demo']
+
+
+def keep_first_report(cwd):
+    """Copy the first demo run's report aside: the re-run rewrites it (its timings empty for skipped stages)."""
+    shutil.copytree(cwd / 'demo' / 'report', cwd / 'first_report')
+
+
+# fixture name -> (`vlu` arguments, then a function of the folder or None), run one after the other
+BACKGROUND = {'quick_demo': ((DEMO_ARGS, keep_first_report), (DEMO_ARGS, None))}
+
+
+class BackgroundVlu:
+    """`vlu` commands run one after the other in `cwd` by a thread, each followed by its function of `cwd` (or
+    None); `logs()` waits for their merged outputs."""
+
+    def __init__(self, runs, cwd, timeout=600):
+        from concurrent.futures import ThreadPoolExecutor
+        self.cwd, self.proc, self.stopped = cwd, None, False
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._future = self._pool.submit(self._run_all, runs, timeout)
+
+    def _run_all(self, runs, timeout):
+        logs = []
+        for args, then in runs:
+            if self.stopped:
+                raise RuntimeError('stopped at the end of the session')
+            # its own process group: stop() ends the stages the demo started too
+            self.proc = subprocess.Popen([sys.executable, '-m', 'vlu_cli', *args], cwd=self.cwd, env=vlu_env(),
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                         start_new_session=True)
+            try:
+                out, _ = self.proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._kill()
+                out, _ = self.proc.communicate()
+                raise AssertionError(f'vlu {" ".join(args)} ran past {timeout} s:\n{out[-4000:]}')
+            if self.proc.returncode != 0:
+                raise vlu_failure(args, subprocess.CompletedProcess(args, self.proc.returncode, out))
+            logs.append(out)
+            if then is not None:
+                then(self.cwd)
+        return logs
+
+    def _kill(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def logs(self):
+        """The outputs of the runs, in order, once all have finished; raises the first failure."""
+        return self._future.result()
+
+    def stop(self):
+        """End the runs still going (a session stopped early) and wait for the thread."""
+        self.stopped = True
+        if self.proc is not None and self.proc.poll() is None:
+            self._kill()
+        self._pool.shutdown(wait=True)
+
+
+def pytest_collection_modifyitems(items):
+    """The tests that read a background run go last (stable order otherwise)."""
+    items.sort(key=lambda item: any(name in item.fixturenames for name in BACKGROUND))
+
+
+@pytest.fixture(scope='session', autouse=True)
+def background_runs(request, tmp_path_factory):
+    """Starts, with the session's first test, the background runs that a selected test reads."""
+    wanted = {name for item in request.session.items for name in BACKGROUND if name in item.fixturenames}
+    runs = {name: BackgroundVlu(BACKGROUND[name], tmp_path_factory.mktemp(name)) for name in sorted(wanted)}
+    yield runs
+    for run in runs.values():
+        run.stop()
+
+
+@pytest.fixture(scope='session')
+def quick_demo(background_runs):
+    """`vlu demo` with DEMO_ARGS run twice in one folder (`.cwd`), the first run's report kept in `first_report`;
+    the test calls `.logs()`, so that a failed run fails the test with its log."""
+    return background_runs['quick_demo']

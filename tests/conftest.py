@@ -1,8 +1,10 @@
-"""Shared test helpers: tiny generated images and running `vlu` in a subprocess.
+"""Shared test helpers: tiny generated images, running `vlu` in a subprocess, and the fixtures built once per run.
 
-BasicSR's logger is a per-process singleton, so whole pipelines run in subprocesses.
+BasicSR's logger is a per-process singleton, so whole pipelines run in subprocesses. Session-scoped fixtures
+(`trained`, `synthetic_benchmark`) are shared by every test that reads them: tests never write into them.
 """
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,13 +53,22 @@ def write_images(folder, count, size=(48, 40), seed=0, prefix='img'):
     return paths
 
 
+def vlu_env(**extra):
+    """The environment every `vlu` subprocess runs in: unbuffered output, two OpenMP threads."""
+    return dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='2', **extra)
+
+
+def vlu_failure(args, proc):
+    """The AssertionError for a failed `vlu <args>`, with the end of its log."""
+    return AssertionError(f'vlu {" ".join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}')
+
+
 def run_vlu(args, cwd, timeout=240, check=True):
     """Run `python -m vlu_cli <args>` in `cwd`; returns the CompletedProcess (stdout+stderr merged)."""
-    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='2')
-    proc = subprocess.run([sys.executable, '-m', 'vlu_cli', *args], cwd=cwd, env=env, timeout=timeout,
+    proc = subprocess.run([sys.executable, '-m', 'vlu_cli', *args], cwd=cwd, env=vlu_env(), timeout=timeout,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if check and proc.returncode != 0:
-        raise AssertionError(f'vlu {" ".join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}')
+        raise vlu_failure(args, proc)
     return proc
 
 
@@ -84,15 +95,147 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def image_pairs(tmp_path):
-    """A handful of gt/lq PNG pairs (lq = gt plus noise) in tmp_path/{gt,lq}."""
+def write_image_pairs(root):
+    """A handful of gt/lq PNG pairs (lq = gt plus noise) in root/{gt,lq}; returns root."""
     import cv2
-    gt_paths = write_images(tmp_path / 'gt', 4)
+    gt_paths = write_images(root / 'gt', 4)
     rng = np.random.default_rng(1)
-    os.makedirs(tmp_path / 'lq', exist_ok=True)
+    os.makedirs(root / 'lq', exist_ok=True)
     for path in gt_paths:
         img = cv2.imread(path).astype(np.float64)
         noisy = np.clip(img + rng.normal(0, 15, img.shape), 0, 255).astype(np.uint8)
-        cv2.imwrite(str(tmp_path / 'lq' / os.path.basename(path)), noisy)
-    return tmp_path
+        cv2.imwrite(str(root / 'lq' / os.path.basename(path)), noisy)
+    return root
+
+
+@pytest.fixture
+def image_pairs(tmp_path):
+    """A handful of gt/lq PNG pairs (lq = gt plus noise) in tmp_path/{gt,lq}."""
+    return write_image_pairs(tmp_path)
+
+
+# ---- built once per test run and shared read-only ------------------------------------------------------------
+RESTORE_PROMPTS = ['image with noise', 'image with haze', 'image with rain']
+RESTORE_VLUNET = dict(TINY_VLUNET, de_dim=3, clip_dim=64)
+
+
+@pytest.fixture(scope='session')
+def trained(tmp_path_factory):
+    """Options for VLUNetModel with a tiny VLU-Net and a tiny CLIP (RESTORE_PROMPTS), their weight files
+    (`test.yml`, `net_g.pth`, `clip.pth`) in a temporary folder; read-only."""
+    from vlu_plugin.archs.degradation_clip_arch import DegradationCLIP
+    from vlu_plugin.archs.vlunet_arch import VLUNet
+    import yaml
+    root = tmp_path_factory.mktemp('restore')
+    torch.manual_seed(0)
+    clip = DegradationCLIP(prompts=RESTORE_PROMPTS, pretrained=None, clip_config=TINY_CLIP)
+    torch.save({'params': clip.learnable_state_dict()}, root / 'clip.pth')
+    net = VLUNet(**RESTORE_VLUNET)
+    torch.save({'params': net.state_dict()}, root / 'net_g.pth')
+    opt = {'name': 'tiny_restore', 'model_type': 'VLUNetModel', 'num_gpu': 'auto',
+           'network_g': {'type': 'VLUNet', **RESTORE_VLUNET},
+           'degradation_clip': {'type': 'DegradationCLIP', 'prompts': RESTORE_PROMPTS, 'pretrained': None,
+                                'clip_config': TINY_CLIP},
+           'path': {'pretrain_network_g': str(root / 'net_g.pth'), 'pretrain_network_degradation_clip': None}}
+    (root / 'test.yml').write_text(yaml.safe_dump(opt))
+    return root
+
+
+@pytest.fixture(scope='session')
+def synthetic_benchmark(tmp_path_factory):
+    """The quick 64-px embedded benchmark (3 whole training photos, 3 test crops per task), as a path string;
+    read-only (the tests of building it build their own)."""
+    from vlu_plugin.data.synthetic_benchmark import build_synthetic_benchmark
+    root = tmp_path_factory.mktemp('data') / 'synthetic'
+    build_synthetic_benchmark(str(root), size=64, quick=True, progress=False)
+    return str(root)
+
+
+# ---- slow `vlu` runs started in the background at the start of the session -----------------------------------
+# Most of the suite keeps one core busy; a whole `vlu demo` is mostly process start-up (about 9 interpreters
+# importing torch and BasicSR), so it runs beside the other tests on the second core, and the test reading it goes
+# last so that it finds the run finished instead of waiting for it.
+# the fewest iterations that run every phase: AirNet's encoder warm-up (its first iteration) and then the whole
+# network; one CLIP step. The stages' cost is their start-up: 3 iterations cost the same CPU time as 1.
+DEMO_ARGS = ['demo', '--quick', '--iters', '2', '--clip-iters', '1', '--out', 'demo']
+
+
+def keep_first_report(cwd):
+    """Copy the first demo run's report aside: the re-run rewrites it (its timings empty for skipped stages)."""
+    shutil.copytree(cwd / 'demo' / 'report', cwd / 'first_report')
+
+
+# fixture name -> (`vlu` arguments, then a function of the folder or None), run one after the other
+BACKGROUND = {'quick_demo': ((DEMO_ARGS, keep_first_report), (DEMO_ARGS, None))}
+
+
+class BackgroundVlu:
+    """`vlu` commands run one after the other in `cwd` by a thread, each followed by its function of `cwd` (or
+    None); `logs()` waits for their merged outputs."""
+
+    def __init__(self, runs, cwd, timeout=600):
+        from concurrent.futures import ThreadPoolExecutor
+        self.cwd, self.proc, self.stopped = cwd, None, False
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._future = self._pool.submit(self._run_all, runs, timeout)
+
+    def _run_all(self, runs, timeout):
+        logs = []
+        for args, then in runs:
+            if self.stopped:
+                raise RuntimeError('stopped at the end of the session')
+            # its own process group: stop() ends the stages the demo started too
+            self.proc = subprocess.Popen([sys.executable, '-m', 'vlu_cli', *args], cwd=self.cwd, env=vlu_env(),
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                         start_new_session=True)
+            try:
+                out, _ = self.proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._kill()
+                out, _ = self.proc.communicate()
+                raise AssertionError(f'vlu {" ".join(args)} ran past {timeout} s:\n{out[-4000:]}')
+            if self.proc.returncode != 0:
+                raise vlu_failure(args, subprocess.CompletedProcess(args, self.proc.returncode, out))
+            logs.append(out)
+            if then is not None:
+                then(self.cwd)
+        return logs
+
+    def _kill(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def logs(self):
+        """The outputs of the runs, in order, once all have finished; raises the first failure."""
+        return self._future.result()
+
+    def stop(self):
+        """End the runs still going (a session stopped early) and wait for the thread."""
+        self.stopped = True
+        if self.proc is not None and self.proc.poll() is None:
+            self._kill()
+        self._pool.shutdown(wait=True)
+
+
+def pytest_collection_modifyitems(items):
+    """The tests that read a background run go last (stable order otherwise)."""
+    items.sort(key=lambda item: any(name in item.fixturenames for name in BACKGROUND))
+
+
+@pytest.fixture(scope='session', autouse=True)
+def background_runs(request, tmp_path_factory):
+    """Starts, with the session's first test, the background runs that a selected test reads."""
+    wanted = {name for item in request.session.items for name in BACKGROUND if name in item.fixturenames}
+    runs = {name: BackgroundVlu(BACKGROUND[name], tmp_path_factory.mktemp(name)) for name in sorted(wanted)}
+    yield runs
+    for run in runs.values():
+        run.stop()
+
+
+@pytest.fixture(scope='session')
+def quick_demo(background_runs):
+    """`vlu demo` with DEMO_ARGS run twice in one folder (`.cwd`), the first run's report kept in `first_report`;
+    the test calls `.logs()`, so that a failed run fails the test with its log."""
+    return background_runs['quick_demo']

@@ -1,43 +1,19 @@
-"""`vlu restore` (tiny VLU-Net + tiny CLIP written here), tiling equivalence, stage dumps, and `vlu bench --quick`."""
+"""`vlu restore` (conftest's tiny VLU-Net + tiny CLIP), tiling equivalence, stage dumps, and `vlu bench --quick`."""
 import csv
 import math
 
 import cv2
 import numpy as np
-import pytest
 import torch
-import yaml
 import conftest
 from conftest import write_images
 
 from vlu_cli import main
-from vlu_plugin.archs.degradation_clip_arch import DegradationCLIP
-from vlu_plugin.archs.vlunet_arch import VLUNet
 from vlu_plugin.tools.restorer import Restorer, resolve_options
 
-PROMPTS = ['image with noise', 'image with haze', 'image with rain']
-TINY_VLUNET = dict(conftest.TINY_VLUNET, de_dim=3, clip_dim=64)
-TINY_CLIP = conftest.TINY_CLIP
+PROMPTS = conftest.RESTORE_PROMPTS  # the prompts of conftest's `trained` (tiny VLU-Net + CLIP, built once per run)
 STAGES = ('encoder_level1', 'encoder_level2', 'encoder_level3', 'latent', 'decoder_level3', 'decoder_level2',
           'decoder_level1', 'refinement')
-
-
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-    """Options for VLUNetModel with a tiny VLU-Net and a tiny CLIP, their weight files, in a temporary folder."""
-    root = tmp_path_factory.mktemp('restore')
-    torch.manual_seed(0)
-    clip = DegradationCLIP(prompts=PROMPTS, pretrained=None, clip_config=TINY_CLIP)
-    torch.save({'params': clip.learnable_state_dict()}, root / 'clip.pth')
-    net = VLUNet(**TINY_VLUNET)
-    torch.save({'params': net.state_dict()}, root / 'net_g.pth')
-    opt = {'name': 'tiny_restore', 'model_type': 'VLUNetModel', 'num_gpu': 'auto',
-           'network_g': {'type': 'VLUNet', **TINY_VLUNET},
-           'degradation_clip': {'type': 'DegradationCLIP', 'prompts': PROMPTS, 'pretrained': None,
-                                'clip_config': TINY_CLIP},
-           'path': {'pretrain_network_g': str(root / 'net_g.pth'), 'pretrain_network_degradation_clip': None}}
-    (root / 'test.yml').write_text(yaml.safe_dump(opt))
-    return root
 
 
 def test_restore_folder_reports_detections_and_skips_a_corrupt_image(trained, tmp_path, capsys):

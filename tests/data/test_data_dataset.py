@@ -11,16 +11,13 @@ import torch
 import vlu_plugin  # noqa: F401  (shims before basicsr)
 from basicsr.data import build_dataset
 from vlu_plugin.data.image_io import decode_image, read_image
-from vlu_plugin.data.synthetic_benchmark import build_synthetic_benchmark
 from vlu_plugin.data.tasks import get_preset, get_task
 
 
-@pytest.fixture(scope='module')
-def bench(tmp_path_factory):
-    """A quick 64-px benchmark (3 whole training photos, 3 test crops per task)."""
-    root = tmp_path_factory.mktemp('data') / 'synthetic'
-    build_synthetic_benchmark(str(root), size=64, quick=True, progress=False)
-    return str(root)
+@pytest.fixture
+def bench(synthetic_benchmark):
+    """conftest's quick 64-px benchmark (3 whole training photos, 3 test crops per task), built once per run."""
+    return synthetic_benchmark
 
 
 def make(**opt):

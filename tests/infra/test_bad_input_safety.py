@@ -23,7 +23,6 @@ import yaml
 
 from conftest import REPO
 from test_bad_input import snapshot
-from test_restore import trained  # noqa: F401  (the tiny VLU-Net + CLIP fixture)
 from test_train_pipeline import paired_options
 from vlu_cli import main
 from vlu_plugin.utils import experiment_lock, patches

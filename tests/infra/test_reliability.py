@@ -1,11 +1,13 @@
 """Reliability of long runs: exact resume after SIGKILL, determinism, distributed training on CPU."""
 import os
+import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 
-from conftest import run_vlu, train_then_kill
+from conftest import run_vlu, train_then_kill, write_image_pairs
 from test_train_pipeline import paired_options, write_options
 
 
@@ -32,19 +34,29 @@ def read_log(exp):
     return ''.join(open(os.path.join(exp, f)).read() for f in sorted(os.listdir(exp)) if f.startswith('train_'))
 
 
-def test_resume_after_sigkill_continues_exactly(image_pairs):
-    root = image_pairs
+@pytest.fixture(scope='module')
+def fresh_runs(tmp_path_factory):
+    """Two fresh runs of the same 12-iteration options and seed in one folder: `ref` to its end, `killed`
+    SIGKILLed once its 3rd-iteration state exists. Returns (folder, ref's log, killed's training states);
+    read-only: the resume test resumes a copy."""
+    root = write_image_pairs(tmp_path_factory.mktemp('reliability'))
     reference = run_vlu(['train', '-opt', write_options(root / 'ref.yml', training_options(root, 'ref'))], cwd=root)
-    ref_exp = root / 'experiments' / 'ref'
-    ref_losses = logged_losses(read_log(ref_exp))
-    assert sorted(ref_losses) == list(range(1, 13)), reference.stdout[-2000:]
-
     opt_path = write_options(root / 'killed.yml', training_options(root, 'killed'))
-    exp = root / 'experiments' / 'killed'
-    states = train_then_kill(opt_path, root, exp, timeout=120)
+    states = train_then_kill(opt_path, root, root / 'experiments' / 'killed', timeout=120)
+    return root, reference.stdout, states
+
+
+def test_resume_after_sigkill_continues_exactly(fresh_runs, tmp_path):
+    origin, reference, states = fresh_runs
+    ref_exp = origin / 'experiments' / 'ref'
+    ref_losses = logged_losses(read_log(ref_exp))
+    assert sorted(ref_losses) == list(range(1, 13)), reference[-2000:]
     assert states and states[-1] < 12, f'the run finished before it could be killed: {states}'
 
-    resumed = run_vlu(['train', '-opt', opt_path, '--auto_resume'], cwd=root).stdout
+    root = tmp_path / 'run'  # a copy: the determinism test reads the killed run as it was left
+    shutil.copytree(origin, root)
+    exp = root / 'experiments' / 'killed'
+    resumed = run_vlu(['train', '-opt', str(root / 'killed.yml'), '--auto_resume'], cwd=root).stdout
     assert f'Resuming training from epoch' in resumed
     losses = logged_losses(read_log(exp))
     later = [it for it in range(states[-1] + 1, 13)]
@@ -58,13 +70,11 @@ def test_resume_after_sigkill_continues_exactly(image_pairs):
             assert torch.equal(final[key][name], value), (key, name)
 
 
-def test_determinism_same_seed_same_checkpoint(image_pairs):
-    root = image_pairs
-    for name in ('run_a', 'run_b'):
-        run_vlu(['train', '-opt', write_options(root / f'{name}.yml', training_options(root, name, total_iter=3))],
-                cwd=root)
-    a = torch.load(root / 'experiments' / 'run_a' / 'models' / 'net_g_3.pth', weights_only=True)['params']
-    b = torch.load(root / 'experiments' / 'run_b' / 'models' / 'net_g_3.pth', weights_only=True)['params']
+def test_determinism_same_seed_same_checkpoint(fresh_runs):
+    # two fresh runs of the same options and seed (one later killed, after this checkpoint) save the same weights
+    root = fresh_runs[0]
+    a = torch.load(root / 'experiments' / 'ref' / 'models' / 'net_g_3.pth', weights_only=True)['params']
+    b = torch.load(root / 'experiments' / 'killed' / 'models' / 'net_g_3.pth', weights_only=True)['params']
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -8,7 +8,6 @@ from conftest import run_vlu, train_then_kill
 from test_airnet_model import AIRNET
 from test_degradation_clip import PROMPTS, TINY_CLIP
 from test_reliability import logged_losses, read_log, training_options
-from test_restore import trained  # noqa: F401  (fixture: a tiny VLU-Net + CLIP and their weights)
 from test_train_pipeline import NET, write_options
 from torch import nn
 

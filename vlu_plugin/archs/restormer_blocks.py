@@ -133,8 +133,9 @@ class _ChannelAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, temperature, num_heads):
         shape = v.shape
         q, k, v = (split_heads(t, num_heads) for t in (q, k, v))
-        q_norm = torch.linalg.vector_norm(q, dim=-1, keepdim=True)
-        k_norm = torch.linalg.vector_norm(k, dim=-1, keepdim=True)
+        # |q|, |k| over the pixels as sqrt(q·q): vector_norm along a strided dimension (the pixels of a
+        # channels_last view) is 2-5× slower than vecdot's reduction there (measured)
+        q_norm, k_norm = (torch.linalg.vecdot(t, t).sqrt_().unsqueeze(-1) for t in (q, k))
         # normalize(q)·normalize(k)ᵀ = (q·kᵀ) / (|q|·|k|ᵀ): scale the small map, not q and k
         scale = q_norm.clamp_min(EPS) * k_norm.clamp_min(EPS).transpose(-2, -1)
         cosine = (q @ k.transpose(-2, -1)) / scale

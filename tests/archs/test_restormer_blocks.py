@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlu_plugin.archs.restormer_blocks import GDFN, channel_attention, channels_last, layer_norm
+from vlu_plugin.archs.restormer_blocks import GDFN, Upsample, channel_attention, channels_last, layer_norm
 
 
 def reference_attention(q, k, v, temperature, heads):
@@ -34,11 +34,12 @@ def test_channel_attention_values_and_hand_written_backward(heads, layout):
 
 
 @pytest.mark.parametrize('dim,bias', [(48, False), (20, True)])  # hidden 127 → padded to 128; 53 → 64
-def test_gdfn_padding_and_split_halves_change_nothing(dim, bias):
+@pytest.mark.parametrize('size', [(12, 11), (6, 5)])  # more pixels than hidden channels (padded), fewer (not)
+def test_gdfn_padding_and_split_halves_change_nothing(dim, bias, size):
     torch.manual_seed(0)
     ffn = GDFN(dim, 2.66, bias).double()
     assert ffn.padded % 16 == 0 and ffn.padded > ffn.hidden
-    x = channels_last(torch.randn(2, dim, 6, 5, dtype=torch.double))
+    x = channels_last(torch.randn(2, dim, *size, dtype=torch.double))
     grads = []
     for fn in (ffn, lambda t: reference_gdfn(ffn, t)):
         ffn.zero_grad()
@@ -65,3 +66,21 @@ def test_layer_norm_over_channels_in_both_layouts(kind):
         expected = expected + norm.bias[:, None, None]
     for layout in (x.contiguous(), channels_last(x)):
         assert torch.allclose(norm(layout), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize('size', [2, 6])  # 2×2: fewer pixels than output channels (the unfolded-patch matmul)
+def test_upsample_matches_conv_and_keeps_gradients_channels_last(size):
+    torch.manual_seed(size)
+    up = Upsample(8).double()
+    x = channels_last(torch.randn(2, 8, size, size, dtype=torch.double)).requires_grad_()
+    ours = up(x)
+    ref = F.pixel_shuffle(F.conv2d(x, up.body[0].weight, padding=1), 2)
+    torch.testing.assert_close(ours, ref)
+    grad = torch.randn_like(ours)
+    ours.backward(grad)
+    got_x, got_w = x.grad, up.body[0].weight.grad
+    x.grad, up.body[0].weight.grad = None, None
+    ref.backward(grad)
+    torch.testing.assert_close(got_x, x.grad)
+    torch.testing.assert_close(got_w, up.body[0].weight.grad)
+    assert got_x.is_contiguous(memory_format=torch.channels_last)

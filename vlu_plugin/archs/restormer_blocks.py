@@ -7,8 +7,9 @@ on the module instead of in a `body` child, is mapped in `vlu_plugin.utils.check
 Speed without changing values (measured on CPU, `vlu bench --reference-vlunet`): tensors are (B, C, H, W)
 in channels_last memory, so LayerNorm is torch's fused kernel on a (B, H, W, C) view, 1×1 convolutions
 are one matrix product each (`pointwise`), depthwise convolutions run in their fast layout, the channel
-attention has a hand-written backward that keeps gradients in that layout, and GDFN computes its gate
-and value halves separately at aligned widths. Every block also accepts ordinary contiguous tensors.
+attention has a hand-written backward that keeps gradients in that layout, GDFN computes its gate
+and value halves separately at aligned widths, and Upsample's convolution on the smallest maps is one
+matrix product over unfolded patches. Every block also accepts ordinary contiguous tensors.
 """
 import torch
 import torch.nn.functional as F
@@ -53,28 +54,63 @@ def pointwise(conv, x):
     return out.permute(0, 3, 1, 2)
 
 
-def _rows(t, start, stop, padded=None):
-    """Rows start:stop of a weight or bias (None stays None), zero-padded to `padded` rows if given."""
+def _halves(t, padded):
+    """The two halves of a weight or bias (None stays None) along dim 0, each zero-padded to `padded` rows.
+
+    `split` + `pad` rather than slicing: backward, the halves' gradients are concatenated once into the
+    parameter's, instead of each being scattered into a zero tensor of its full size and the two added.
+    """
     if t is None:
-        return None
-    rows = t[start:stop]
-    if padded is not None and padded > stop - start:
-        rows = torch.cat([rows, rows.new_zeros((padded - (stop - start), ) + rows.shape[1:])])
-    return rows
+        return None, None
+    halves = t.chunk(2)
+    if padded == halves[0].shape[0]:
+        return halves
+    return tuple(F.pad(half, (0, 0) * (t.dim() - 1) + (0, padded - half.shape[0])) for half in halves)
 
 
-def pointwise_dwconv(project, dwconv, x, start, stop, padded=None):
-    """Channels start:stop of `dwconv(project(x))` (a 1×1 conv, then a depthwise 3×3), computed on their own.
+def pointwise_dwconv_halves(project, dwconv, x, padded):
+    """The two channel halves of `dwconv(project(x))` (a 1×1 conv, then a depthwise 3×3), computed separately.
 
     GDFN chunks one wide 1×1 + depthwise output into gate and value. Computing each half separately
     gives it its own dense channels_last tensor: no strided slices forward (GELU vectorises fully), no
-    concatenation of the halves' gradients backward. `padded` appends zero channels (see GDFN). (For
-    MDTA's q/k/v, three narrower matrix products cost more than the concatenation saves: measured.)
+    concatenation of the halves' gradients backward. Each half gets zero channels up to `padded` (see
+    GDFN). (For MDTA's q/k/v, three narrower matrix products cost more than the concatenation saves: measured.)
     """
-    hidden = F.linear(x.permute(0, 2, 3, 1), _rows(project.weight.flatten(1), start, stop, padded),
-                      _rows(project.bias, start, stop, padded)).permute(0, 3, 1, 2)
-    weight = _rows(dwconv.weight, start, stop, padded)
-    return F.conv2d(hidden, weight, _rows(dwconv.bias, start, stop, padded), padding=1, groups=weight.shape[0])
+    weights, biases = _halves(project.weight.flatten(1), padded), _halves(project.bias, padded)
+    dw_weights, dw_biases = _halves(dwconv.weight, padded), _halves(dwconv.bias, padded)
+    x = x.permute(0, 2, 3, 1)
+    return [F.conv2d(F.linear(x, weights[i], biases[i]).permute(0, 3, 1, 2), dw_weights[i], dw_biases[i], padding=1,
+                     groups=padded) for i in range(2)]
+
+
+class _ChannelsLastGrad(torch.autograd.Function):
+    """Identity forward; backward, the gradient in channels_last memory format."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return channels_last(grad)
+
+
+def conv3x3(conv, x):
+    """A 3×3 `conv` (stride 1, padding 1, no groups) on a channels_last `x`, channels_last out.
+
+    Where the image has fewer pixels than the convolution has output channels (Upsample at the
+    lowest levels: 384→768 channels on 8×8), the weight is the bulk of the data and oneDNN reorders it
+    on every call, forward and backward; there one matrix product over the unfolded 3×3 patches is
+    2.4× faster (fwd+bwd, measured). Elsewhere oneDNN's convolution is faster.
+    """
+    b, _, h, w = x.shape
+    if h * w >= conv.out_channels:
+        return conv(x)
+    # unfold's backward (fold) returns a contiguous NCHW gradient; converted back here (small at these
+    # sizes), it keeps every block before this one computing its backward in channels_last
+    cols = F.unfold(_ChannelsLastGrad.apply(x), 3, padding=1).transpose(1, 2)  # (B, H·W, C·9)
+    out = F.linear(cols, conv.weight.flatten(1), conv.bias)  # (B, H·W, C_out): pixel-major
+    return out.reshape(b, h, w, -1).permute(0, 3, 1, 2)
 
 
 def channels_last(x):
@@ -101,8 +137,9 @@ class _ChannelAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, temperature, num_heads):
         shape = v.shape
         q, k, v = (split_heads(t, num_heads) for t in (q, k, v))
-        q_norm = torch.linalg.vector_norm(q, dim=-1, keepdim=True)
-        k_norm = torch.linalg.vector_norm(k, dim=-1, keepdim=True)
+        # |q|, |k| over the pixels as sqrt(q·q): vector_norm along a strided dimension (the pixels of a
+        # channels_last view) is 2-5× slower than vecdot's reduction there (measured)
+        q_norm, k_norm = (torch.linalg.vecdot(t, t).sqrt_().unsqueeze(-1) for t in (q, k))
         # normalize(q)·normalize(k)ᵀ = (q·kᵀ) / (|q|·|k|ᵀ): scale the small map, not q and k
         scale = q_norm.clamp_min(EPS) * k_norm.clamp_min(EPS).transpose(-2, -1)
         cosine = (q @ k.transpose(-2, -1)) / scale
@@ -222,12 +259,15 @@ class GDFN(nn.Module):
         self.padded = -(-hidden // ALIGN) * ALIGN
 
     def forward(self, x):
-        h, padded = self.hidden, self.padded
-        gate = pointwise_dwconv(self.project_in, self.dwconv, x, 0, h, padded)
+        h = self.hidden
+        # where the channels outnumber the pixels (the lowest levels: 1021 channels on 8×8), copying
+        # the padded weights on every call costs more than the unaligned rows save (measured)
+        padded = self.padded if x.shape[-2] * x.shape[-1] > h else h
+        gate, value = pointwise_dwconv_halves(self.project_in, self.dwconv, x, padded)
         if torch.is_grad_enabled() and gate.requires_grad:
-            act = F.gelu(gate) * pointwise_dwconv(self.project_in, self.dwconv, x, h, 2 * h, padded)
+            act = F.gelu(gate) * value
         else:  # inference: gate in place, so the two halves are the only wide buffers (the memory peak)
-            act = torch.ops.aten.gelu_(gate).mul_(pointwise_dwconv(self.project_in, self.dwconv, x, h, 2 * h, padded))
+            act = torch.ops.aten.gelu_(gate).mul_(value)
         w_out = self.project_out.weight.flatten(1)
         if padded > h:
             w_out = torch.cat([w_out, w_out.new_zeros(w_out.shape[0], padded - h)], dim=1)
@@ -286,7 +326,7 @@ class Upsample(nn.Module):
         self.body = nn.Sequential(nn.Conv2d(n_feat, n_feat * 2, 3, padding=1, bias=False), nn.PixelShuffle(2))
 
     def forward(self, x):
-        return self.body(x)
+        return self.body[1](conv3x3(self.body[0], x))
 
 
 class OverlapPatchEmbed(nn.Module):

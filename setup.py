@@ -8,7 +8,8 @@ setup(
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(exclude=('tests', 'options', 'datasets', 'experiments', 'results', 'tb_logger')),
-    package_data={'vlu_plugin': ['options/demo/*.yml', 'options/demo/_shared/*.yml']},  # `vlu demo` reads them
+    # read at run time: the demo's options (`vlu demo`) and the published numbers (`vlu report`)
+    package_data={'vlu_plugin': ['options/demo/*.yml', 'options/demo/_shared/*.yml', 'tools/published.yml']},
     python_requires='>=3.9',
     install_requires=[
         'torch',

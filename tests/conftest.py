@@ -75,8 +75,7 @@ def run_vlu(args, cwd, timeout=240, check=True):
 def train_then_kill(opt_path, cwd, exp, state_iter=3, timeout=120):
     """Start `vlu train -opt opt_path` and SIGKILL it once `exp/training_states/<state_iter>.state` exists;
     returns the iterations of the training states it left."""
-    env = dict(os.environ, OMP_NUM_THREADS='2')
-    proc = subprocess.Popen([sys.executable, '-m', 'vlu_cli', 'train', '-opt', str(opt_path)], cwd=cwd, env=env,
+    proc = subprocess.Popen([sys.executable, '-m', 'vlu_cli', 'train', '-opt', str(opt_path)], cwd=cwd, env=vlu_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
     while time.time() < deadline and not (exp / 'training_states' / f'{state_iter}.state').exists():

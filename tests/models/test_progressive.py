@@ -6,6 +6,7 @@ import torch
 
 from vlu_plugin.models.airnet_model import AirNetModel
 from vlu_plugin.models.all_in_one_model import AllInOneModel
+from vlu_plugin.models.degradation_clip_model import DegradationCLIPModel
 from vlu_plugin.models.progressive import ProgressivePatches
 from vlu_plugin.models.vlunet_model import VLUNetModel
 
@@ -44,6 +45,12 @@ def test_cut_keeps_the_first_samples_and_one_window_drawn_from_the_iteration():
 def test_bad_schedules_are_named(change, message):
     with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
         ProgressivePatches(dict(DATA, **change))
+
+
+def test_the_clip_refuses_a_schedule():
+    state = SimpleNamespace(net_clip=torch.nn.Identity(), opt={'datasets': {'train': DATA}, 'train': {}})
+    with pytest.raises(ValueError, match='progressive learning .* is for restoration models'):
+        DegradationCLIPModel.init_training_settings(state)
 
 
 def test_no_schedule_without_the_keys():

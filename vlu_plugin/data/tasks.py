@@ -165,9 +165,9 @@ DATASET_KEYS = {
                     "lq_context (VLU-Net's CLIP judges the degradation from it, as it sees whole images at test time)",
     'seed': 'seed of synthesised noise', 'noise_quantize': "'truncate' (release), 'round' or 'none'",
     # read by the training models: Restormer's progressive learning (vlu_plugin.models.progressive)
-    'iters': 'progressive learning: iterations of each phase', 'gt_sizes': 'progressive learning: patch size of '
-    'each phase (at most gt_size)', 'mini_batch_sizes': 'progressive learning: batch of each phase (at most '
-    'batch_size_per_gpu)',
+    'iters': 'progressive learning: iterations of each phase',
+    'gt_sizes': 'progressive learning: patch size of each phase (at most gt_size)',
+    'mini_batch_sizes': 'progressive learning: batch of each phase (at most batch_size_per_gpu)',
     # filled in or read by BasicSR itself
     'name': '', 'type': '', 'phase': '', 'scale': '', 'batch_size_per_gpu': '', 'num_worker_per_gpu': '',
     'dataset_enlarge_ratio': '', 'prefetch_mode': '', 'num_prefetch_queue': '', 'pin_memory': '',

@@ -7,6 +7,8 @@ the batch and cuts the same random `gt_sizes[j]` window out of each, as Restorme
 also draws which samples; ours are random draws already). Iterations past the sum of `iters` stay in the
 last phase. The window is drawn from the iteration number, so a resumed run cuts the same windows.
 """
+from itertools import accumulate
+
 import torch
 
 KEYS = ('iters', 'gt_sizes', 'mini_batch_sizes')
@@ -31,7 +33,7 @@ class ProgressivePatches:
             if max(lists[key]) > dataset_opt.get(loaded, 0):
                 raise ValueError(f'{name}: {loaded} ({dataset_opt.get(loaded)}) must be at least the largest of '
                                  f'{key} ({max(lists[key])}): each step cuts its batch from the loaded one')
-        self.phase_ends = torch.tensor(lists['iters']).cumsum(0).tolist()
+        self.phase_ends = list(accumulate(lists['iters']))
         self.gt_sizes, self.batch_sizes, self.seed = lists['gt_sizes'], lists['mini_batch_sizes'], seed
 
     @classmethod

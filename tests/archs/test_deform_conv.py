@@ -88,6 +88,17 @@ def test_matches_torchvision_values_and_gradients(case):
     assert_matches_torchvision(tensors, conv_args)
 
 
+def test_channels_last_input_keeps_its_layout_and_matches():
+    # AirNet runs channels_last: output and input gradient stay so, with torchvision's values
+    tensors, conv_args = make_inputs(2, 8, 7, 6)
+    x = tensors[0].detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = deform_conv2d(x, *tensors[1:3], tensors[4], mask=tensors[3], impl='torch', **conv_args)
+    out.sum().backward()
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    assert_matches_torchvision([x] + tensors[1:], conv_args)
+
+
 def test_offsets_far_outside_give_zero_and_match():
     tensors, conv_args = make_inputs(2, 4, 5, 5, scale=0.0)
     with torch.no_grad():

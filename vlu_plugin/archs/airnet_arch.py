@@ -20,6 +20,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 from vlu_plugin.archs.deform_conv import IMPLS, deform_conv2d
+from vlu_plugin.archs.restormer_blocks import channels_last
 
 
 def lrelu():
@@ -283,7 +284,10 @@ class AirNet(nn.Module):
         return logits, labels
 
     def forward(self, x_query, x_key=None):
+        # channels_last: oneDNN's convolutions and the deformable kernel's channel rows run ~20 % faster
+        # in it on CPU (a training step at 8x32² and 2x64²); the output is returned as plain NCHW
+        x_query = channels_last(x_query)
         if self.training and x_key is not None:
-            logits, labels, inter = self.E(x_query, x_key)
-            return self.R(x_query, inter), logits, labels
-        return self.R(x_query, self.E(x_query))
+            logits, labels, inter = self.E(x_query, channels_last(x_key))
+            return self.R(x_query, inter).contiguous(), logits, labels
+        return self.R(x_query, self.E(x_query)).contiguous()

@@ -120,7 +120,10 @@ class _DeformConv(torch.autograd.Function):
         out = _grouped_matmul(cols, weight, wgroups)
         ctx.save_for_backward(weight, table, idx, bilinear, m, ly, lx, keep)
         ctx.shape = (b, c, h, w, ho, wo, groups, wgroups)
-        return out.view(b, ho, wo, cout).permute(0, 3, 1, 2).contiguous()
+        # the output and the input gradient in x's layout, so that channels_last features (AirNet) stay so
+        ctx.layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else \
+            torch.contiguous_format
+        return out.view(b, ho, wo, cout).permute(0, 3, 1, 2).contiguous(memory_format=ctx.layout)
 
     @staticmethod
     @once_differentiable
@@ -135,7 +138,8 @@ class _DeformConv(torch.autograd.Function):
         grad_x = grad_offset = grad_weight = grad_mask = None
         if ctx.needs_input_grad[0]:
             grad_table = _scatter_rows(grad_cols, idx, coeff, table.shape[0])
-            grad_x = grad_table.view(b, h + 2, w + 2, c)[:, 1:-1, 1:-1].permute(0, 3, 1, 2).contiguous()
+            grad_x = grad_table.view(b, h + 2, w + 2, c)[:, 1:-1, 1:-1].permute(0, 3, 1, 2).contiguous(
+                memory_format=ctx.layout)
             del grad_table
         if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
             # the unmasked samples again: cheaper than keeping an im2col matrix per layer for the whole backward

@@ -235,7 +235,11 @@ def run_stages(stages, out, force, jobs, threads):
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while pending or running:
-            for stage in [s for s in pending if set(s.needs) <= done]:
+            ready = [s for s in pending if set(s.needs) <= done]
+            # trainings before tests: no stage waits for a test, while a training may hold up others
+            # (the default run's critical path is AirNet's training, then PromptIR's)
+            ready.sort(key=lambda s: s.kind != 'train')
+            for stage in ready:
                 if len(running) >= jobs:
                     break
                 pending.remove(stage)

@@ -63,6 +63,24 @@ def test_demo_plan_starts_the_longest_training_first_and_validates_twice():
     assert quick['iters'] == [2, 1]  # two thirds and one third of three iterations
 
 
+def test_demo_runs_ready_trainings_before_ready_tests():
+    started = []
+
+    class Recorded(demo.Stage):
+        def run(self, out, force, threads, slot):
+            started.append(self.name)
+            return 0.0
+
+    def stage(kind, name, needs=()):
+        return Recorded(name, kind, {'name': name}, 'done', needs=needs)
+
+    stages = [stage('train', 'a'), stage('test', 'a', ['train_a']), stage('train', 'b', ['train_a']),
+              stage('test', 'b', ['train_b'])]
+    demo.run_stages(stages, 'unused', force=False, jobs=1, threads=1)
+    # after a's training both a's test and b's training are ready: b's training goes first
+    assert started == ['train_a', 'train_b', 'test_a', 'test_b']
+
+
 def test_demo_models_share_one_parameter_budget_and_the_clip_runs_only_when_needed():
     count = {model: sum(p.numel() for p in build_network(demo.load_options(model)['network_g']).parameters())
              for model in demo.MODELS}

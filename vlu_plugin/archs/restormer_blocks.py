@@ -169,8 +169,9 @@ class _ChannelAttention(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        device = grad_out.device.type
-        with torch.autocast(device, dtype=ctx.autocast, enabled=ctx.autocast is not None):
+        if ctx.autocast is None:  # entering even a disabled autocast costs about a small head's products
+            return _ChannelAttention._backward(ctx, grad_out)
+        with torch.autocast(grad_out.device.type, dtype=ctx.autocast):
             return _ChannelAttention._backward(ctx, grad_out)
 
     @staticmethod
@@ -296,6 +297,9 @@ class GDFN(nn.Module):
         # the padded weights on every call costs more than the unaligned rows save (measured)
         padded = self.padded if x.shape[-2] * x.shape[-1] > h else h
         gate, value = pointwise_dwconv_halves(self.project_in, self.dwconv, x, padded)
+        # as (B, H, W, C) views (the same memory): GELU on a 4-D channels_last tensor takes a path about
+        # 2× slower than on a contiguous one (measured, forward; its backward ~15 %)
+        gate, value = gate.permute(0, 2, 3, 1), value.permute(0, 2, 3, 1)
         if torch.is_grad_enabled() and gate.requires_grad:
             act = F.gelu(gate) * value
         else:  # inference: gate in place, so the two halves are the only wide buffers (the memory peak)
@@ -303,7 +307,7 @@ class GDFN(nn.Module):
         w_out = self.project_out.weight.flatten(1)
         if padded > h:
             w_out = torch.cat([w_out, w_out.new_zeros(w_out.shape[0], padded - h)], dim=1)
-        out = F.linear(act.permute(0, 2, 3, 1), w_out, self.project_out.bias)
+        out = F.linear(act, w_out, self.project_out.bias)
         return out.permute(0, 3, 1, 2)
 
 

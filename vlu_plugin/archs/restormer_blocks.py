@@ -7,9 +7,12 @@ on the module instead of in a `body` child, is mapped in `vlu_plugin.utils.check
 Speed without changing values (measured on CPU, `vlu bench --reference-vlunet`): tensors are (B, C, H, W)
 in channels_last memory, so LayerNorm is torch's fused kernel on a (B, H, W, C) view, 1×1 convolutions
 are one matrix product each (`pointwise`), depthwise convolutions run in their fast layout, the channel
-attention has a hand-written backward that keeps gradients in that layout, GDFN computes its gate
-and value halves separately at aligned widths, and Upsample's convolution on the smallest maps is one
-matrix product over unfolded patches. Every block also accepts ordinary contiguous tensors.
+attention has a hand-written backward that keeps gradients in that layout and takes q/k/v as the
+projections' packed outputs, so it writes their gradients into one buffer per projection (no chunk
+concatenation), GDFN computes its gate and value halves separately at aligned widths and gates them
+as (B, H, W, C) views (GELU's channels_last path is slower), and Upsample's convolution on the
+smallest maps is one matrix product over unfolded patches. Every block also accepts ordinary
+contiguous tensors.
 """
 import torch
 import torch.nn.functional as F

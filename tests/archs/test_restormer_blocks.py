@@ -20,17 +20,37 @@ def reference_gdfn(ffn, x):
     return ffn.project_out(F.gelu(gate) * value)
 
 
+PACKINGS = {  # how MDTA, VLU-Net's prompt attention and AdaIR's cross attention hand over q, k, v
+    'qkv': lambda t: {'qkv': t},
+    'qv,k': lambda t: {'qv': torch.cat([t[:, :6], t[:, 12:]], 1), 'k': t[:, 6:12]},
+    'q,kv': lambda t: {'q': t[:, :6], 'kv': t[:, 6:]},
+    'q,k,v': lambda t: dict(zip('qkv', t.chunk(3, dim=1))),
+}
+
+
+@pytest.mark.parametrize('packing', sorted(PACKINGS))
 @pytest.mark.parametrize('heads,layout', [(1, 'channels_last'), (2, 'channels_last'), (3, 'contiguous')])
-def test_channel_attention_values_and_hand_written_backward(heads, layout):
+def test_channel_attention_values_and_hand_written_backward(heads, layout, packing):
     gen = torch.Generator().manual_seed(heads)
     qkv = torch.randn(2, 3 * 6, 5, 4, dtype=torch.double, generator=gen)
     qkv = channels_last(qkv) if layout == 'channels_last' else qkv.contiguous()
     qkv.requires_grad_()
     temperature = (torch.rand(heads, 1, 1, dtype=torch.double, generator=gen) + 0.5).requires_grad_()
-    ours = channel_attention(*qkv.chunk(3, dim=1), temperature, heads)
-    assert ours.is_contiguous(memory_format=torch.channels_last)
-    assert torch.allclose(ours, reference_attention(*qkv.chunk(3, dim=1), temperature, heads), atol=1e-12)
-    assert torch.autograd.gradcheck(lambda x, t: channel_attention(*x.chunk(3, dim=1), t, heads), (qkv, temperature))
+
+    def ours(x, t):
+        return channel_attention(t, heads, **PACKINGS[packing](x))
+
+    out = ours(qkv, temperature)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(out, reference_attention(*qkv.chunk(3, dim=1), temperature, heads), atol=1e-12)
+    # the parts' gradients are written into preallocated buffers: gradcheck compares them with finite differences
+    assert torch.autograd.gradcheck(ours, (qkv, temperature))
+
+
+def test_channel_attention_names_q_k_v_once():
+    t = torch.randn(1, 6, 2, 2)
+    with pytest.raises(ValueError, match='q, k and v once'):
+        channel_attention(torch.ones(1, 1, 1), 1, qk=t, kv=t)
 
 
 @pytest.mark.parametrize('dim,bias', [(48, False), (20, True)])  # hidden 127 → padded to 128; 53 → 64

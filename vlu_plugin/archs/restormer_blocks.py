@@ -7,9 +7,12 @@ on the module instead of in a `body` child, is mapped in `vlu_plugin.utils.check
 Speed without changing values (measured on CPU, `vlu bench --reference-vlunet`): tensors are (B, C, H, W)
 in channels_last memory, so LayerNorm is torch's fused kernel on a (B, H, W, C) view, 1×1 convolutions
 are one matrix product each (`pointwise`), depthwise convolutions run in their fast layout, the channel
-attention has a hand-written backward that keeps gradients in that layout, GDFN computes its gate
-and value halves separately at aligned widths, and Upsample's convolution on the smallest maps is one
-matrix product over unfolded patches. Every block also accepts ordinary contiguous tensors.
+attention has a hand-written backward that keeps gradients in that layout and takes q/k/v as the
+projections' packed outputs, so it writes their gradients into one buffer per projection (no chunk
+concatenation), GDFN computes its gate and value halves separately at aligned widths and gates them
+as (B, H, W, C) views (GELU's channels_last path is slower), and Upsample's convolution on the
+smallest maps is one matrix product over unfolded patches. Every block also accepts ordinary
+contiguous tensors.
 """
 import torch
 import torch.nn.functional as F
@@ -124,19 +127,28 @@ def split_heads(x, num_heads):
     return x.reshape(b, num_heads, c // num_heads, h * w)
 
 
-def _heads_to_channels_last(t, shape):
-    """(B, heads, HW, C/heads) → (B, C, H, W) in channels_last format (a view for one head)."""
-    b, c, h, w = shape
-    return t.transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2)
+def _heads_view(t, num_heads):
+    """(B, C, H, W) channels_last (or a channel slice of one) → its (B, heads, HW, C/heads) view."""
+    return split_heads(t, num_heads).transpose(-2, -1)
+
+
+def _unpack(parts, layout):
+    """{role: channel slice} for `parts` whose channels are the blocks named by `layout` ('qkv', ('qv', 'k'), ...)."""
+    views = {}
+    for part, roles in zip(parts, layout):
+        width = part.shape[1] // len(roles)
+        views.update((role, part[:, i * width:(i + 1) * width]) for i, role in enumerate(roles))
+    return views
 
 
 class _ChannelAttention(torch.autograd.Function):
     """softmax(norm(q)·norm(k)ᵀ·τ)·v per head, with a hand-written backward (see `channel_attention`)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, temperature, num_heads):
-        shape = v.shape
-        q, k, v = (split_heads(t, num_heads) for t in (q, k, v))
+    def forward(ctx, temperature, num_heads, layout, *parts):
+        views = _unpack(parts, layout)
+        shape = views['v'].shape
+        q, k, v = (split_heads(views[role], num_heads) for role in 'qkv')
         # |q|, |k| over the pixels as sqrt(q·q): vector_norm along a strided dimension (the pixels of a
         # channels_last view) is 2-5× slower than vecdot's reduction there (measured)
         q_norm, k_norm = (torch.linalg.vecdot(t, t).sqrt_().unsqueeze(-1) for t in (q, k))
@@ -145,27 +157,38 @@ class _ChannelAttention(torch.autograd.Function):
         cosine = (q @ k.transpose(-2, -1)) / scale
         attn = torch.softmax(cosine * temperature, dim=-1)
         ctx.save_for_backward(q, k, v, temperature, attn, cosine, scale, q_norm, k_norm)
-        ctx.shape = shape
+        ctx.layout = layout
+        ctx.part_shapes = [part.shape for part in parts]
         # the backward re-enters the forward's autocast (what torch.amp.custom_bwd does, for any device),
         # so that its products see the dtypes the forward's did
         device = q.device.type
         ctx.autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-        # (attn·v)ᵀ = vᵀ·attnᵀ comes out pixel-major, i.e. channels_last
-        return _heads_to_channels_last(v.transpose(-2, -1) @ attn.transpose(-2, -1), shape)
+        # (attn·v)ᵀ = vᵀ·attnᵀ is pixel-major: written straight into a channels_last output (no copy
+        # to interleave the heads)
+        out = torch.empty(shape, dtype=v.dtype, device=v.device, memory_format=torch.channels_last)
+        _matmul_into(_heads_view(out, num_heads), v.transpose(-2, -1), attn.transpose(-2, -1))
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        device = grad_out.device.type
-        with torch.autocast(device, dtype=ctx.autocast, enabled=ctx.autocast is not None):
+        if ctx.autocast is None:  # entering even a disabled autocast costs about a small head's products
+            return _ChannelAttention._backward(ctx, grad_out)
+        with torch.autocast(grad_out.device.type, dtype=ctx.autocast):
             return _ChannelAttention._backward(ctx, grad_out)
 
     @staticmethod
     def _backward(ctx, grad_out):
         q, k, v, temperature, attn, cosine, scale, q_norm, k_norm = ctx.saved_tensors
-        grad_out = split_heads(grad_out, q.shape[1])
+        num_heads = q.shape[1]
+        # one channels_last buffer per input part; q's, k's and v's gradients are written into their
+        # slices, so autograd concatenates nothing (chunk's backward would) and no head interleaving is copied
+        buffers = [torch.empty(shape, dtype=q.dtype, device=q.device, memory_format=torch.channels_last)
+                   for shape in ctx.part_shapes]
+        grads = {role: _heads_view(view, num_heads) for role, view in _unpack(buffers, ctx.layout).items()}
+        grad_out = split_heads(grad_out, num_heads)
         # every large gradient is computed transposed so that it comes out pixel-major
-        grad_v = grad_out.transpose(-2, -1) @ attn
+        _matmul_into(grads['v'], grad_out.transpose(-2, -1), attn)
         grad_attn = grad_out @ v.transpose(-2, -1)
         grad_logits = attn * (grad_attn - (grad_attn * attn).sum(-1, keepdim=True))
         grad_temperature = (grad_logits * cosine).sum(dim=(0, 2, 3)).reshape(temperature.shape)
@@ -175,24 +198,37 @@ class _ChannelAttention(torch.autograd.Function):
         weighted = grad_cosine * cosine
         q_coef = -weighted.sum(-1, keepdim=True) / q_norm.clamp_min(EPS)**2 * (q_norm >= EPS)
         k_coef = -weighted.sum(-2, keepdim=True).transpose(-2, -1) / k_norm.clamp_min(EPS)**2 * (k_norm >= EPS)
-        grad_q = (k.transpose(-2, -1) @ grad_qk.transpose(-2, -1)).addcmul_(q.transpose(-2, -1),
-                                                                             q_coef.transpose(-2, -1))
-        grad_k = (q.transpose(-2, -1) @ grad_qk).addcmul_(k.transpose(-2, -1), k_coef.transpose(-2, -1))
-        shape = ctx.shape
-        return (_heads_to_channels_last(grad_q, shape), _heads_to_channels_last(grad_k, shape),
-                _heads_to_channels_last(grad_v, shape), grad_temperature, None)
+        _matmul_into(grads['q'], k.transpose(-2, -1), grad_qk.transpose(-2, -1)).addcmul_(
+            q.transpose(-2, -1), q_coef.transpose(-2, -1))
+        _matmul_into(grads['k'], q.transpose(-2, -1), grad_qk).addcmul_(k.transpose(-2, -1),
+                                                                         k_coef.transpose(-2, -1))
+        return (grad_temperature, None, None, *buffers)
 
 
-def channel_attention(q, k, v, temperature, num_heads):
+def _matmul_into(out, a, b):
+    """a @ b written into the (strided) view `out`; returns `out`.
+
+    Under autocast the product is computed in its dtype first (matmul's out= form is not autocast).
+    """
+    if torch.is_autocast_enabled(out.device.type):
+        return out.copy_(a @ b)
+    return torch.matmul(a, b, out=out)
+
+
+def channel_attention(temperature, num_heads, **parts):
     """Transposed attention over channels: softmax(norm(q)·norm(k)ᵀ·τ)·v, per head.
 
-    q, k, v are (B, C, H, W) (views into one convolution's output are fine); the attention map is
-    (C/heads × C/heads) per head, so memory grows linearly with the number of pixels. Returns
-    (B, C, H, W) in channels_last format. The backward is written out so that the gradients of q, k
-    and v come out channels_last too (autograd's would be channel-major, which the depthwise conv's
-    backward then has to transpose) and only q, k, v (views) and the small maps are kept for it.
+    q, k, v come as keyword `parts` whose names say which of them each holds, in channel order:
+    `qkv=t` (one projection's output, C channels each), `qv=t, k=u`, `q=t, kv=u`, or `q=, k=, v=`;
+    each part is (B, n·C, H, W). The attention map is (C/heads × C/heads) per head, so memory grows
+    linearly with the number of pixels. Returns (B, C, H, W) in channels_last format. The backward is
+    written out: it returns one gradient per part, channels_last, written in place (autograd's would be
+    channel-major, which the depthwise conv's backward then has to transpose, and split q/k/v would
+    need a concatenation), and keeps only q, k, v (views) and the small maps.
     """
-    return _ChannelAttention.apply(q, k, v, temperature, num_heads)
+    if ''.join(sorted(''.join(parts))) != 'kqv':
+        raise ValueError(f'channel_attention: the parts must name q, k and v once each, got {list(parts)}')
+    return _ChannelAttention.apply(temperature, num_heads, tuple(parts), *parts.values())
 
 
 def dconv_projection(in_channels, out_channels, bias=False, kernel_size=3):
@@ -217,8 +253,8 @@ class MDTA(nn.Module):
         self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
 
     def forward(self, x):
-        q, k, v = self.qkv_dwconv(pointwise(self.qkv, x)).chunk(3, dim=1)
-        return pointwise(self.project_out, channel_attention(q, k, v, self.temperature, self.num_heads))
+        qkv = self.qkv_dwconv(pointwise(self.qkv, x))
+        return pointwise(self.project_out, channel_attention(self.temperature, self.num_heads, qkv=qkv))
 
 
 class CrossMDTA(nn.Module):
@@ -240,8 +276,8 @@ class CrossMDTA(nn.Module):
             raise ValueError(f'CrossMDTA: query and key/value maps differ in shape: {tuple(x.shape)} vs '
                              f'{tuple(y.shape)}')
         q = self.q_dwconv(pointwise(self.q, x))
-        k, v = self.kv_dwconv(pointwise(self.kv, y)).chunk(2, dim=1)
-        return pointwise(self.project_out, channel_attention(q, k, v, self.temperature, self.num_heads))
+        kv = self.kv_dwconv(pointwise(self.kv, y))
+        return pointwise(self.project_out, channel_attention(self.temperature, self.num_heads, q=q, kv=kv))
 
 
 class GDFN(nn.Module):
@@ -264,6 +300,9 @@ class GDFN(nn.Module):
         # the padded weights on every call costs more than the unaligned rows save (measured)
         padded = self.padded if x.shape[-2] * x.shape[-1] > h else h
         gate, value = pointwise_dwconv_halves(self.project_in, self.dwconv, x, padded)
+        # as (B, H, W, C) views (the same memory): GELU on a 4-D channels_last tensor takes a path about
+        # 2× slower than on a contiguous one (measured, forward; its backward ~15 %)
+        gate, value = gate.permute(0, 2, 3, 1), value.permute(0, 2, 3, 1)
         if torch.is_grad_enabled() and gate.requires_grad:
             act = F.gelu(gate) * value
         else:  # inference: gate in place, so the two halves are the only wide buffers (the memory peak)
@@ -271,7 +310,7 @@ class GDFN(nn.Module):
         w_out = self.project_out.weight.flatten(1)
         if padded > h:
             w_out = torch.cat([w_out, w_out.new_zeros(w_out.shape[0], padded - h)], dim=1)
-        out = F.linear(act.permute(0, 2, 3, 1), w_out, self.project_out.bias)
+        out = F.linear(act, w_out, self.project_out.bias)
         return out.permute(0, 3, 1, 2)
 
 

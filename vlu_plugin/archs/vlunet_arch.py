@@ -32,9 +32,9 @@ class PromptCrossAttention(nn.Module):
         self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
 
     def forward(self, x, prompt):
-        q, v = self.qv_dwconv(pointwise(self.qv, x)).chunk(2, dim=1)
+        qv = self.qv_dwconv(pointwise(self.qv, x))
         k = self.k_dwconv(pointwise(self.k, prompt))
-        return pointwise(self.project_out, channel_attention(q, k, v, self.temperature, self.num_heads))
+        return pointwise(self.project_out, channel_attention(self.temperature, self.num_heads, qv=qv, k=k))
 
 
 class GradientDescentModule(nn.Module):

@@ -280,7 +280,7 @@ class AirNet(nn.Module):
         """The encoder's MoCo step alone (AirNet's warm-up): (logits, labels); needs training mode."""
         if not self.training:
             raise RuntimeError('AirNet.contrastive needs training mode: it updates the key encoder and the queue')
-        logits, labels, _ = self.E(x_query, x_key)
+        logits, labels, _ = self.E(channels_last(x_query), channels_last(x_key))  # as forward does, see there
         return logits, labels
 
     def forward(self, x_query, x_key=None):

@@ -77,7 +77,7 @@ def pointwise_dwconv_halves(project, dwconv, x, padded):
     GDFN chunks one wide 1×1 + depthwise output into gate and value. Computing each half separately
     gives it its own dense channels_last tensor: no strided slices forward (GELU vectorises fully), no
     concatenation of the halves' gradients backward. Each half gets zero channels up to `padded` (see
-    GDFN). (For MDTA's q/k/v, three narrower matrix products cost more than the concatenation saves: measured.)
+    GDFN). (MDTA's q/k/v stay one projection: `channel_attention` writes their gradients into one buffer.)
     """
     weights, biases = _halves(project.weight.flatten(1), padded), _halves(project.bias, padded)
     dw_weights, dw_biases = _halves(dwconv.weight, padded), _halves(dwconv.bias, padded)
@@ -226,7 +226,7 @@ def channel_attention(temperature, num_heads, **parts):
     channel-major, which the depthwise conv's backward then has to transpose, and split q/k/v would
     need a concatenation), and keeps only q, k, v (views) and the small maps.
     """
-    if ''.join(sorted(''.join(parts))) != 'kqv':
+    if sorted(''.join(parts)) != ['k', 'q', 'v']:
         raise ValueError(f'channel_attention: the parts must name q, k and v once each, got {list(parts)}')
     return _ChannelAttention.apply(temperature, num_heads, tuple(parts), *parts.values())
 

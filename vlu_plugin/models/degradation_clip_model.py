@@ -25,7 +25,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from vlu_plugin.archs.degradation_clip_arch import ADAPTER_PREFIXES
 from vlu_plugin.utils.checkpoints import convert_official, load_checkpoint
 from vlu_plugin.models.base import PluginModelMixin, build_network
-from vlu_plugin.models.progressive import KEYS as PROGRESSIVE_KEYS
+from vlu_plugin.models import progressive
 from vlu_plugin.utils.precision import MixedPrecisionMixin, pop_compile_option
 from vlu_plugin.utils import records
 from vlu_plugin.utils.records import ACCURACY_METRIC
@@ -93,8 +93,7 @@ class DegradationCLIPModel(MixedPrecisionMixin, PluginModelMixin, BaseModel):
     def init_training_settings(self):
         """Optimizer over the CLIP's trainable parameters; schedulers only if `train.scheduler` is given."""
         self.net_clip.train()
-        train_data = (self.opt.get('datasets') or {}).get('train') or {}
-        if set(PROGRESSIVE_KEYS) & set(train_data):  # it classifies whole crops
+        if progressive.requested(self.opt):  # it classifies whole crops
             raise ValueError('DegradationCLIPModel: progressive learning (datasets.train.iters / gt_sizes / '
                              'mini_batch_sizes) is for restoration models; remove those keys')
         train_opt = self.opt['train']

@@ -14,6 +14,12 @@ import torch
 KEYS = ('iters', 'gt_sizes', 'mini_batch_sizes')
 
 
+def requested(opt):
+    """Whether the options' `datasets.train` sets any of the progressive-learning keys."""
+    dataset_opt = (opt.get('datasets') or {}).get('train') or {}
+    return any(key in dataset_opt for key in KEYS)
+
+
 class ProgressivePatches:
     """The patch size and batch size of every training iteration, and the batches cut to them."""
 
@@ -39,10 +45,9 @@ class ProgressivePatches:
     @classmethod
     def from_options(cls, opt):
         """The schedule of `opt['datasets']['train']`, or None when it sets none of the three keys."""
-        dataset_opt = opt.get('datasets', {}).get('train') or {}
-        if not any(key in dataset_opt for key in KEYS):
+        if not requested(opt):
             return None
-        return cls(dataset_opt, opt.get('manual_seed') or 0)
+        return cls(opt['datasets']['train'], opt.get('manual_seed') or 0)
 
     def phase(self, current_iter):
         """(mini-batch size, patch size) of 1-based iteration `current_iter`."""

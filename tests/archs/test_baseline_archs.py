@@ -227,6 +227,20 @@ def test_airnet_contrastive_warm_up_step_trains_only_the_encoder():
         net.eval().contrastive(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8))
 
 
+def test_airnet_encoder_runs_channels_last_on_every_path():
+    # the warm-up (contrastive), training and eval forwards all reach the encoders' convolutions channels_last
+    net = AirNet(**AIRNET_SMALL).train()
+    seen = []
+    for encoder in (net.E.E.encoder_q, net.E.E.encoder_k):
+        encoder.E_pre.register_forward_pre_hook(
+            lambda module, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    net.contrastive(torch.rand(3, 3, 16, 16), torch.rand(3, 3, 16, 16))
+    net(torch.rand(3, 3, 16, 16), torch.rand(3, 3, 16, 16))
+    with torch.no_grad():
+        net.eval()(torch.rand(1, 3, 16, 16))
+    assert seen == [True] * 5  # query and key of two training steps, then the eval query
+
+
 def test_airnet_builds_from_the_registry():
     assert isinstance(build_network({'type': 'AirNet', **AIRNET_SMALL}), AirNet)
 

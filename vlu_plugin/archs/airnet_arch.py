@@ -133,10 +133,12 @@ class ContrastiveDegradationEncoder(nn.Module):
     def forward(self, x_query, x_key=None):
         """Training with a key view: (logits, labels, degradation map), updating key encoder and queue.
 
-        Otherwise (eval, or no key view) only the degradation map of the query.
+        Otherwise (eval, or no key view) only the degradation map of the query. Both views run channels_last
+        (see AirNet.forward), whoever calls: the restorer's forward and the encoder-only warm-up alike.
         """
+        x_query = channels_last(x_query)
         if self.training and x_key is not None:
-            return self.E(x_query, x_key)
+            return self.E(x_query, channels_last(x_key))
         return self.degradation_map(x_query)
 
 
@@ -280,14 +282,14 @@ class AirNet(nn.Module):
         """The encoder's MoCo step alone (AirNet's warm-up): (logits, labels); needs training mode."""
         if not self.training:
             raise RuntimeError('AirNet.contrastive needs training mode: it updates the key encoder and the queue')
-        logits, labels, _ = self.E(channels_last(x_query), channels_last(x_key))  # as forward does, see there
+        logits, labels, _ = self.E(x_query, x_key)
         return logits, labels
 
     def forward(self, x_query, x_key=None):
         # channels_last: oneDNN's convolutions and the deformable kernel's channel rows run faster in it on
         # CPU (a training step 12-18 % faster at 8x32² and 2x64², 10 % at full size); the output is plain NCHW
-        x_query = channels_last(x_query)
+        x_query = channels_last(x_query)  # for the restorer; the encoder converts its own inputs
         if self.training and x_key is not None:
-            logits, labels, inter = self.E(x_query, channels_last(x_key))
+            logits, labels, inter = self.E(x_query, x_key)
             return self.R(x_query, inter).contiguous(), logits, labels
         return self.R(x_query, self.E(x_query)).contiguous()

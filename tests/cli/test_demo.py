@@ -95,3 +95,19 @@ def test_demo_models_share_one_parameter_budget_and_the_clip_runs_only_when_need
         demo.plan(Namespace(**dict(vars(args), ablations=True)))
     with pytest.raises(Exception, match='swinir: choose from vlunet,promptir,airnet,adair,moceir'):
         demo.model_list('vlunet,swinir')
+
+
+def test_curves_draw_each_sets_input_psnr_as_a_reference_line(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from vlu_plugin.tools import figures
+    run = SimpleNamespace(datasets=['haze', 'blur'], training_losses=lambda: ([10, 20], {'l_pix': [0.2, 0.1]}),
+                          history={450: {('haze', 'psnr'): 14.0, ('blur', 'psnr'): 25.0},
+                                   900: {('haze', 'psnr'): 16.0, ('blur', 'psnr'): 26.0}})
+    drawn = {}
+    monkeypatch.setattr(figures, '_save', lambda fig, path: drawn.setdefault('fig', fig) is fig)
+    assert figures.curves({'VLUNet': run}, str(tmp_path / 'curves.png'), {'haze': 11.1, 'blur': float('nan')})
+    haze, blur = drawn['fig'].axes[1:]
+    references = [line.get_ydata()[0] for line in haze.get_lines() if line.get_label() == 'degraded input']
+    assert references == [pytest.approx(11.1)]
+    assert all(line.get_label() != 'degraded input' for line in blur.get_lines())  # no input score: no line

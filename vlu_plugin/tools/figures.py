@@ -92,8 +92,9 @@ def running_mean(values, window):
     return (sums[1:] - sums[np.maximum(np.arange(1, len(values) + 1) - window, 0)]) / counts
 
 
-def curves(experiments, path):
-    """Training L1 (raw trace behind its running mean) and each validation set's PSNR over iterations."""
+def curves(experiments, path, inputs=None):
+    """Training L1 (raw trace behind its running mean) and each validation set's PSNR over iterations, with the
+    degraded input's PSNR (`inputs`: {set: dB}) as a dashed line: a curve below it makes images worse."""
     if not experiments:
         return False
     datasets = list(dict.fromkeys(d for run in experiments.values() for d in run.datasets
@@ -116,6 +117,9 @@ def curves(experiments, path):
                 ax.plot(*zip(*points), marker='o', markersize=3, color=colour, label=label)
     ax_loss.set(title='training L1 (faint: logged values)', xlabel='iteration', yscale='log')
     for ax, dataset in zip(psnr_axes, datasets):
+        if inputs and np.isfinite(inputs.get(dataset, np.nan)):
+            line = ax.axhline(inputs[dataset], color='0.4', linestyle='--', linewidth=1, label='degraded input')
+            ax.legend(handles=[line], fontsize=7)  # the models' colours are named once, beside the loss
         ax.set(title=f'validation PSNR: {dataset}', xlabel='iteration', ylabel='dB')
     for ax in axes[0]:
         ax.grid(alpha=0.3)

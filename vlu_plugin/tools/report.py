@@ -287,6 +287,8 @@ def build_report(folders, out_dir, title='All-in-one restoration', clip_folder=N
     datasets, rows = table(runs, protocol=protocols.pop() if len(protocols) == 1 else None)
     write_results_csv(osp.join(out_dir, 'results.csv'), datasets, rows)
     published, published_notes = published_rows(runs, datasets)  # beside the measured rows, never in results.csv
+    has_inputs = rows and rows[0][0] == 'degraded input'
+    input_psnr = {d: cell[0] for d, cell in zip(datasets, rows[0][1])} if has_inputs else {}  # curves' reference
     rows = rows + published
     clip_run = Run(clip_folder) if clip_folder else next((r for r in runs.values() if r.predictions), None)
     predictions = clip_run.predictions if clip_run is not None else []
@@ -294,7 +296,7 @@ def build_report(folders, out_dir, title='All-in-one restoration', clip_folder=N
     names = {task.label: task.name for task in LABEL_SPACES[space]}
     made = {
         'comparison.png': figures.comparison(runs, datasets, osp.join(out_dir, 'comparison.png')),
-        'curves.png': figures.curves(experiments, osp.join(out_dir, 'curves.png')),
+        'curves.png': figures.curves(experiments, osp.join(out_dir, 'curves.png'), input_psnr),
         'clip_confusion.png': bool(predictions) and figures.confusion(clip_accuracy(predictions, space),
                                                                         osp.join(out_dir, 'clip_confusion.png'),
                                                                         names),

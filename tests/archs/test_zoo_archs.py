@@ -228,12 +228,12 @@ def model_options(tmp_path, model_type, network):
 
 
 @pytest.mark.parametrize('model_type, network, terms', [
-    ('AllInOneModel', {'type': 'AdaIR', **ADAIR_SMALL}, {'l_pix'}),
+    ('AllInOneModel', {'type': 'AdaIR', **ADAIR_SMALL}, {'l_pix', 'l_fft'}),
     ('MoCEIRModel', {'type': 'MoCEIR', **MOCEIR_SMALL}, {'l_pix', 'l_fft', 'l_routing'})])
 def test_one_training_step_through_basicsr(tmp_path, model_type, network, terms):
     opt = model_options(tmp_path, model_type, network)
-    if model_type == 'AllInOneModel':  # the plain model applies only what it knows
-        del opt['train']['fft_opt'], opt['train']['routing_opt']
+    if model_type == 'AllInOneModel':  # the FFT term is every model's; routing only MoCE-IR's
+        del opt['train']['routing_opt']
     torch.manual_seed(0)
     model = build_model(opt)
     net = model.get_bare_model(model.net_g)

@@ -11,12 +11,14 @@
 - `train.amp`, `val.precision` and `train.compile` / `network_g.compile` (see vlu_plugin.utils.precision);
 - Restormer's progressive learning (`datasets.train.iters / gt_sizes / mini_batch_sizes`, see
   vlu_plugin.models.progressive).
-PromptIR trains with this model as it is (plain L1).
+- `train.fft_opt` (`FFTLoss`, AdaIR's and MoCE-IR's frequency term) beside `pixel_opt`, for any network.
+PromptIR trains with this model as it is (plain L1 in its paper's recipe).
 """
 import os.path as osp
 from collections import OrderedDict
 
 import torch
+from basicsr.losses import build_loss
 from basicsr.metrics import calculate_metric
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
@@ -51,7 +53,9 @@ class AllInOneModel(MixedPrecisionMixin, PluginModelMixin, SRModel):
         super().__init__(opt)
 
     def init_training_settings(self):
-        """SRModel's (losses, optimizers, schedulers, EMA), then `train.amp` and progressive learning."""
+        """SRModel's (losses, optimizers, schedulers, EMA), the FFT loss, `train.amp` and progressive learning."""
+        fft_opt = self.opt['train'].get('fft_opt')
+        self.cri_fft = build_loss(fft_opt).to(self.device) if fft_opt else None
         super().init_training_settings()
         self.setup_precision()
         self.progressive = ProgressivePatches.from_options(self.opt)
@@ -96,6 +100,8 @@ class AllInOneModel(MixedPrecisionMixin, PluginModelMixin, SRModel):
         losses = OrderedDict()
         if self.cri_pix:
             losses['l_pix'] = self.cri_pix(self.output, self.gt)
+        if self.cri_fft:
+            losses['l_fft'] = self.cri_fft(self.output, self.gt)
         if self.cri_perceptual:
             l_percep, l_style = self.cri_perceptual(self.output, self.gt)
             if l_percep is not None:

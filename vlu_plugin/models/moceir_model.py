@@ -1,7 +1,7 @@
 """MoCEIRModel: MoCE-IR's training objective inside BasicSR.
 
-L1 (`pixel_opt`) + the FFT loss (`fft_opt`, `FFTLoss`, weight 0.1) + the routers' balance loss
-(`routing_opt`, `MoCERoutingLoss`, weight 0.01), each optional. Testing is AllInOneModel's.
+L1 (`pixel_opt`) + the FFT loss (`fft_opt`, `FFTLoss`, weight 0.1; AllInOneModel's) + the routers' balance
+loss (`routing_opt`, `MoCERoutingLoss`, weight 0.01), each optional. Testing is AllInOneModel's.
 """
 from basicsr.losses import build_loss
 from basicsr.utils.registry import MODEL_REGISTRY
@@ -11,20 +11,16 @@ from vlu_plugin.models.all_in_one_model import AllInOneModel
 
 @MODEL_REGISTRY.register()
 class MoCEIRModel(AllInOneModel):
-    """AllInOneModel whose training step adds MoCE-IR's FFT and routing-balance losses."""
+    """AllInOneModel whose training step adds MoCE-IR's routing-balance loss."""
 
     def init_training_settings(self):
-        train_opt = self.opt['train']
-        fft_opt, routing_opt = train_opt.get('fft_opt'), train_opt.get('routing_opt')
-        self.cri_fft = build_loss(fft_opt).to(self.device) if fft_opt else None
+        routing_opt = self.opt['train'].get('routing_opt')
         self.cri_routing = build_loss(routing_opt).to(self.device) if routing_opt else None
         super().init_training_settings()
 
     def training_losses(self, current_iter):
-        """AllInOneModel's losses, then the FFT loss on the output and the balance loss on the routers' logits."""
+        """AllInOneModel's losses (L1, FFT), then the balance loss on the routers' logits."""
         losses = super().training_losses(current_iter)
-        if self.cri_fft:
-            losses['l_fft'] = self.cri_fft(self.output, self.gt)
         if self.cri_routing:
             records = getattr(self.get_bare_model(self.net_g), 'routing_records', None)
             if records is None:

@@ -105,7 +105,11 @@ def test_curves_draw_each_sets_input_psnr_as_a_reference_line(tmp_path, monkeypa
                           history={450: {('haze', 'psnr'): 14.0, ('blur', 'psnr'): 25.0},
                                    900: {('haze', 'psnr'): 16.0, ('blur', 'psnr'): 26.0}})
     drawn = {}
-    monkeypatch.setattr(figures, '_save', lambda fig, path: drawn.setdefault('fig', fig) is fig)
+
+    def keep(fig, path):  # the figure itself instead of its PNG
+        drawn['fig'] = fig
+        return True
+    monkeypatch.setattr(figures, '_save', keep)
     assert figures.curves({'VLUNet': run}, str(tmp_path / 'curves.png'), {'haze': 11.1, 'blur': float('nan')})
     haze, blur = drawn['fig'].axes[1:]
     references = [line.get_ydata()[0] for line in haze.get_lines() if line.get_label() == 'degraded input']

@@ -15,6 +15,8 @@ from matplotlib.figure import Figure
 from vlu_plugin.metrics.paper_metric import calculate_psnr_float
 from vlu_plugin.utils.atomic import atomic_path
 
+INPUT_LABEL = 'degraded input'  # the inputs scored against the ground truth: the report's first row, the curves' line
+
 
 def _figure(rows=1, columns=1, figsize=(4, 3)):
     """A (figure, axes grid) pair that belongs to no pyplot window."""
@@ -118,7 +120,7 @@ def curves(experiments, path, inputs=None):
     ax_loss.set(title='training L1 (faint: logged values)', xlabel='iteration', yscale='log')
     for ax, dataset in zip(psnr_axes, datasets):
         if inputs and np.isfinite(inputs.get(dataset, np.nan)):
-            line = ax.axhline(inputs[dataset], color='0.4', linestyle='--', linewidth=1, label='degraded input')
+            line = ax.axhline(inputs[dataset], color='0.4', linestyle='--', linewidth=1, label=INPUT_LABEL)
             ax.legend(handles=[line], fontsize=7)  # the models' colours are named once, beside the loss
         ax.set(title=f'validation PSNR: {dataset}', xlabel='iteration', ylabel='dB')
     for ax in axes[0]:

@@ -17,13 +17,11 @@ import numpy as np
 
 from vlu_plugin.tools.published import is_published_label
 from vlu_plugin.tools import figures
+from vlu_plugin.tools.figures import INPUT_LABEL
 from vlu_plugin.utils import records
 from vlu_plugin.utils.atomic import atomic_path, atomic_write
 from vlu_plugin.utils.errors import UserError
 from vlu_plugin.utils.records import iteration
-
-INPUT_ROW = 'degraded input'  # the table's first row: the inputs scored against the ground truth
-
 
 def _options(folder):
     """The options of the run in `folder` (its `options_resolved.yml`, else the option file BasicSR copied there),
@@ -181,7 +179,7 @@ def table(runs, metrics=('psnr', 'ssim'), protocol=None):
     rows = []
     inputs = [input_quality(runs, d, protocol) for d in datasets]
     if not all(math.isnan(c[0]) for c in inputs):
-        rows.append((INPUT_ROW, inputs, tuple(_mean_of_scores([c[i] for c in inputs]) for i in range(2))))
+        rows.append((INPUT_LABEL, inputs, tuple(_mean_of_scores([c[i] for c in inputs]) for i in range(2))))
     for label, run in runs.items():
         cells = [tuple(run.metric(d, m) for m in metrics) for d in datasets]
         # a metric no set recorded (SSIM off, say) averages to NaN, shown as '-', without numpy's warning
@@ -191,7 +189,7 @@ def table(runs, metrics=('psnr', 'ssim'), protocol=None):
 
 
 def _best(rows, column, index):
-    values = [(r[1] + [r[2]])[column][index] for r in rows if r[0] != INPUT_ROW and not is_published_label(r[0])]
+    values = [(r[1] + [r[2]])[column][index] for r in rows if r[0] != INPUT_LABEL and not is_published_label(r[0])]
     finite = [v for v in values if not math.isnan(v)]
     return max(finite) if finite else None
 
@@ -204,7 +202,7 @@ def format_table(datasets, rows, markdown=True):
         out = [label]
         for column, cell in enumerate(cells + [average]):
             text = '-' if math.isnan(cell[0]) else f'{cell[0]:.2f}/{cell[1]:.4f}'
-            best = (label != INPUT_ROW and not is_published_label(label) and _best(rows, column, 0) == cell[0]
+            best = (label != INPUT_LABEL and not is_published_label(label) and _best(rows, column, 0) == cell[0]
                     and len(rows) > 1)
             out.append((f'**{text}**' if markdown else f'{text}*') if best else text)
         lines.append(out)
@@ -289,7 +287,7 @@ def build_report(folders, out_dir, title='All-in-one restoration', clip_folder=N
     datasets, rows = table(runs, protocol=protocols.pop() if len(protocols) == 1 else None)
     write_results_csv(osp.join(out_dir, 'results.csv'), datasets, rows)
     published, published_notes = published_rows(runs, datasets)  # beside the measured rows, never in results.csv
-    has_inputs = rows and rows[0][0] == INPUT_ROW
+    has_inputs = rows and rows[0][0] == INPUT_LABEL
     input_psnr = {d: cell[0] for d, cell in zip(datasets, rows[0][1])} if has_inputs else {}  # curves' reference
     rows = rows + published
     clip_run = Run(clip_folder) if clip_folder else next((r for r in runs.values() if r.predictions), None)

@@ -172,6 +172,8 @@ class Stage:
                 elif not self.total and 'Validation' in line:
                     bar.update(1)
             proc.wait()
+        if proc.returncode == 0 and self.total:  # the log prints every print_freq iterations, not the last one
+            bar.update(self.total - bar.n)
         bar.close()
         if proc.returncode != 0:
             with open(log_path) as f:
